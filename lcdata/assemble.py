@@ -1,0 +1,193 @@
+"""Long-context assembly to target token lengths.
+
+Documents are cut into *pieces* at paragraph boundaries (then line boundaries, then token
+boundaries for a paragraph longer than a context), counted with the real tokenizer, and
+poured into contexts of a target length chosen per context from the configured buckets:
+
+- ``natural``: each document alone (a long one yields several consecutive windows);
+- ``concat``: the documents of one group (a repository's files, a play's acts, a manual's
+  pages) in their planned order, each file announced by a ``==> path <==`` header.
+
+Every context keeps exact provenance: for each part,
+``context.text[ctx_start:ctx_end] == document.text[doc_start:doc_end]``.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from lcdata.config import AssembleConfig
+from lcdata.schema import Context, Document, Part
+from lcdata.stage import Stage
+from lcdata.tokenize import ChatTokenizer
+
+_PARA_BREAK = re.compile(r"\n[ \t]*\n+")
+
+
+@dataclass
+class Piece:
+    doc: Document
+    start: int
+    end: int
+    n_tokens: int
+
+
+def _cuts(text: str, pattern: re.Pattern[str], start: int, end: int) -> list[int]:
+    return [m.end() for m in pattern.finditer(text, start, end) if m.end() < end]
+
+
+def _split_spans(text: str, start: int, end: int, pattern: re.Pattern[str]) -> list[tuple[int, int]]:
+    bounds = [start, *_cuts(text, pattern, start, end), end]
+    return [(a, b) for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+
+
+_LINE = re.compile(r"\n")
+
+
+class Assembler(Stage[Document, Context]):
+    """Consumes the Documents of one input shard (grouped, in plan order), emits Contexts.
+
+    Stats: ``in`` documents, ``out`` documents used in at least one context, drops by reason
+    (``too_short``: a document or group too short for the smallest fill). ``n_contexts``
+    counts the contexts emitted."""
+
+    name = "assemble"
+
+    def __init__(self, cfg: AssembleConfig, tok: ChatTokenizer, strategy: str, seed: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.tok = tok
+        self.strategy = strategy
+        self.seed = seed
+        # room for a file header in the smallest context
+        self.max_piece = min(cfg.buckets) - cfg.reserve_tokens - 32
+        self.n_contexts = 0
+
+    # -- pieces ------------------------------------------------------------------
+    def pieces(self, doc: Document) -> list[Piece]:
+        text = doc.text
+        spans = _split_spans(text, 0, len(text), _PARA_BREAK)
+        counts = self.tok.count([text[a:b] for a, b in spans])
+        out: list[Piece] = []
+        for (a, b), n in zip(spans, counts, strict=True):
+            if n <= self.max_piece:
+                out.append(Piece(doc, a, b, n))
+                continue
+            lines = _split_spans(text, a, b, _LINE)
+            for (la, lb), ln in zip(lines, self.tok.count([text[x:y] for x, y in lines]), strict=True):
+                if ln <= self.max_piece:
+                    out.append(Piece(doc, la, lb, ln))
+                else:
+                    out.extend(self._hard_split(doc, la, lb))
+        return out
+
+    def _hard_split(self, doc: Document, a: int, b: int) -> list[Piece]:
+        """A line longer than a context (minified code, a 50 MB one-liner): cut at token bounds."""
+        enc = self.tok.tokenizer.encode(doc.text[a:b], add_special_tokens=False)
+        out = []
+        n = len(enc.ids)
+        for t in range(0, n, self.max_piece):
+            t_end = min(n, t + self.max_piece)
+            ca = a + enc.token_to_chars(t)[0] if t else a
+            cb = a + enc.token_to_chars(t_end)[0] if t_end < n else b
+            if cb > ca:
+                out.append(Piece(doc, ca, cb, t_end - t))
+        return out
+
+    # -- contexts ----------------------------------------------------------------
+    def _target(self, rng: random.Random) -> int:
+        bucket = rng.choices(self.cfg.buckets, weights=self.cfg.bucket_weights)[0]
+        return bucket
+
+    def run(self, records: Iterable[Document]) -> Iterator[Context]:
+        group: list[Document] = []
+        for doc in records:
+            self.stats.in_ += 1
+            if self.strategy == "natural":
+                yield from self._assemble([doc], doc.id)
+            elif group and doc.group != group[0].group:
+                yield from self._assemble(group, group[0].group)
+                group = [doc]
+            else:
+                group.append(doc)
+        if group:
+            yield from self._assemble(group, group[0].group)
+
+    def _header(self, doc: Document, n_docs: int) -> str:
+        if n_docs > 1 and "path" in doc.metadata and self.strategy == "concat" and "#" not in doc.id:
+            return f"==> {doc.metadata['path']} <==\n"
+        return ""
+
+    def _assemble(self, docs: list[Document], group: str) -> Iterator[Context]:
+        rng = random.Random(f"{self.seed}:{docs[0].source}:{group}")
+        source = docs[0].source
+        used: set[str] = set()
+        pieces = [p for d in docs for p in self.pieces(d)]
+        headers = {d.id: self._header(d, len(docs)) for d in docs}
+        header_tokens = dict(zip(headers, self.tok.count(list(headers.values())), strict=True))
+        sep_tokens = 1  # "\n\n" between parts of different documents
+
+        target = self._target(rng)
+        acc: list[Piece] = []
+        acc_tokens = 0
+        k = 0
+        for p in pieces:
+            new_doc = not acc or acc[-1].doc.id != p.doc.id
+            cost = p.n_tokens + (header_tokens[p.doc.id] + sep_tokens if new_doc else 0)
+            if acc and acc_tokens + cost > target - self.cfg.reserve_tokens:
+                ctx = self._emit(acc, source, group, k, target)
+                if ctx is not None:
+                    used.update(x.doc.id for x in acc)
+                    k += 1
+                    yield ctx
+                target = self._target(rng)
+                acc, acc_tokens = [], 0
+                cost = p.n_tokens + header_tokens[p.doc.id] + sep_tokens
+            acc.append(p)
+            acc_tokens += cost
+        if acc:
+            ctx = self._emit(acc, source, group, k, target)
+            if ctx is not None:
+                used.update(x.doc.id for x in acc)
+                yield ctx
+        for d in docs:
+            if d.id in used:
+                self.stats.out += 1
+            else:
+                self.drop(d.id, "too_short",
+                          f"{d.id}: {len(d.text):,} chars, too short for any context "
+                          f"(min_fill {self.cfg.min_fill} x bucket); lower `assemble.min_fill` or "
+                          "the buckets, or join it with related documents (strategy concat)",
+                          {"id": d.id, "chars": len(d.text)})
+
+    def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int) -> Context | None:
+        chunks: list[str] = []
+        parts: list[Part] = []
+        pos = 0
+        n_docs = len({p.doc.id for p in acc})
+        for p in acc:
+            if parts and parts[-1].doc_id == p.doc.id and parts[-1].doc_end == p.start:
+                seg = p.doc.text[p.start:p.end]
+                parts[-1].ctx_end += len(seg)
+                parts[-1].doc_end = p.end
+            else:
+                prefix = ("\n\n" if parts else "") + (self._header(p.doc, n_docs) if n_docs > 1 else "")
+                chunks.append(prefix)
+                pos += len(prefix)
+                seg = p.doc.text[p.start:p.end]
+                parts.append(Part(p.doc.id, pos, pos + len(seg), p.start, p.end))
+            chunks.append(seg)
+            pos += len(seg)
+        text = "".join(chunks)
+        n_tokens = self.tok.count([text])[0]
+        budget = target - self.cfg.reserve_tokens
+        if n_tokens > budget and len(acc) > 1:
+            # token merges at joins can overshoot the piece sum by a few tokens: drop the last piece
+            return self._emit(acc[:-1], source, group, k, target)
+        if n_tokens < self.cfg.min_fill * budget:
+            return None
+        self.n_contexts += 1
+        return Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target)

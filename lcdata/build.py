@@ -1,0 +1,260 @@
+"""The build, as plain library steps that a Prefect flow (``pipelines/build.py``) maps over
+input shards. Steps take and return paths and small dicts, never big data.
+
+Output directory::
+
+    OUT/config.yaml               the resolved config
+    OUT/samples/<shard>.arrow     Sample records made for training (messages, evidence, sources)
+    OUT/eval/<shard>.arrow        Sample records for evaluation only (never packed)
+    OUT/rejects/<stage>.arrow     every dropped record with stage, reason code and message
+    OUT/work/<shard>/             tokenized samples + stats + _DONE marker (resume)
+    OUT/shards/shard-00000.arrow  packed rows (PACKED_SCHEMA)
+    OUT/manifest.json             written last
+    OUT/build_info.json           timings (not part of the deterministic output)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import yaml
+
+from lcdata import __version__
+from lcdata.assemble import Assembler
+from lcdata.config import BuildConfig, dump_config
+from lcdata.pack import TokenStore, gather_rows, plan_pack
+from lcdata.read import InputShard, plan_source, read_shard, strategy_of
+from lcdata.read.files import ReadStage
+from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED_SCHEMA
+from lcdata.shards import MANIFEST, SHARD_DIR, ArrowWriter, open_ipc, sha256_file, write_json, write_shard
+from lcdata.stage import Lineage, RejectSink, StageStats, write_ipc_file
+from lcdata.tasks import TaskStage
+from lcdata.tokenize import ChatTokenizer, TokenizeStage
+
+log = logging.getLogger("lcdata")
+DONE = "_DONE"
+_TOKENIZERS: dict[str, ChatTokenizer] = {}
+
+
+def tokenizer_for(cfg: BuildConfig) -> ChatTokenizer:
+    """One tokenizer per process and model dir (loading costs ~0.3 s)."""
+    if cfg.model not in _TOKENIZERS:
+        _TOKENIZERS[cfg.model] = ChatTokenizer(cfg.model)
+    return _TOKENIZERS[cfg.model]
+
+
+def config_hash(cfg: BuildConfig, extra: Any = None) -> str:
+    blob = json.dumps([__version__, SCHEMA_VERSION, dump_config(cfg), extra], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def prepare_output(cfg: BuildConfig, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    # a stale manifest would make an unfinished rebuild look complete
+    (out / MANIFEST).unlink(missing_ok=True)
+
+
+def plan_build(cfg: BuildConfig) -> list[dict[str, Any]]:
+    """Input shards of every source, as JSON-able dicts (what flows pass to tasks)."""
+    return [s.to_json() for src in cfg.sources for s in plan_source(src)]
+
+
+def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path) -> dict[str, Any]:
+    """read -> assemble -> tasks -> tokenize for one input shard; returns its stats.
+
+    Skipped (stats read back) when its ``_DONE`` marker holds the same config hash."""
+    shard = InputShard.from_json(shard_json)
+    work = out / "work" / shard.id
+    key = config_hash(cfg, shard_json)
+    done = work / DONE
+    if done.is_file() and json.loads(done.read_text()).get("key") == key:
+        return json.loads((work / "stats.json").read_text())
+    if work.exists():
+        shutil.rmtree(work)  # a partial or outdated attempt: redo it whole
+    work.mkdir(parents=True)
+    t0 = time.perf_counter()
+    src = next(s for s in cfg.sources if s.name == shard.source)
+    tok = tokenizer_for(cfg)
+    lineage = Lineage()
+    rejects = RejectSink(out / "rejects" / f"{shard.id}.arrow")
+    reader = ReadStage(cfg.read).bind(lineage, rejects)
+    assembler = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(lineage, rejects)
+    tasks = TaskStage(cfg.tasks, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
+    tokenizer = TokenizeStage(tok, cfg.tokenize.loss_on, cfg.tokenize.batch_size).bind(lineage, rejects)
+
+    train_w = ArrowWriter(out / "samples" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
+    eval_w = ArrowWriter(out / "eval" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
+    tok_w = ArrowWriter(work / "tokenized.arrow", TOKENIZED_SCHEMA)
+    n_eval = 0
+
+    def train_samples():  # noqa: ANN202 - a generator feeding the tokenizer
+        nonlocal n_eval
+        buf: list[dict[str, Any]] = []
+        ebuf: list[dict[str, Any]] = []
+        for s in tasks.run(assembler.run(read_shard(shard, src, reader))):
+            if s.purpose == PURPOSE_EVAL:
+                n_eval += 1
+                ebuf.append(s.to_row())
+                if len(ebuf) >= 64:
+                    eval_w.write_rows(ebuf)
+                    ebuf = []
+                continue
+            buf.append(s.to_row())
+            if len(buf) >= 64:
+                train_w.write_rows(buf)
+                buf = []
+            yield s
+        train_w.write_rows(buf)
+        eval_w.write_rows(ebuf)
+
+    writers = [train_w, eval_w, tok_w]
+    try:
+        rows: list[dict[str, Any]] = []
+        for t in tokenizer.run(train_samples()):
+            rows.append({"sample_id": t.sample_id, "task": t.task, "split": t.split,
+                         "input_ids": t.input_ids, "labels": t.labels})
+            if len(rows) >= 256:
+                tok_w.write(_tokenized_batch(rows))
+                rows = []
+        if rows:
+            tok_w.write(_tokenized_batch(rows))
+        for w in writers:
+            w.close()
+        rejects.close()
+    except BaseException:
+        for w in writers:
+            w.abort()
+        raise
+    stats = {
+        "shard": shard.id,
+        "lineage": lineage.to_json(),
+        "contexts": assembler.n_contexts,
+        "eval_samples": n_eval,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    write_json(work / "stats.json", stats)
+    write_json(done, {"key": key})
+    return stats
+
+
+def _tokenized_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [
+            pa.array([r["sample_id"] for r in rows], pa.string()),
+            pa.array([r["task"] for r in rows], pa.string()),
+            pa.array([r["split"] for r in rows], pa.string()),
+            pa.array([r["input_ids"] for r in rows], pa.list_(pa.int32())),
+            pa.array([r["labels"] for r in rows], pa.list_(pa.int32())),
+        ],
+        schema=TOKENIZED_SCHEMA,
+    )
+
+
+def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats) -> dict[str, Any]:
+    """Documents read = used + dropped by reason; samples made = packed + eval + dropped by reason."""
+    read, asm = lineage.get("read", {}), lineage.get("assemble", {})
+    tasks, tok = lineage.get("tasks", {}), lineage.get("tokenize", {})
+    sample_drops: dict[str, int] = {}
+    for d in (tok.get("dropped", {}), dict(pack.dropped)):
+        for k, v in d.items():
+            sample_drops[k] = sample_drops.get(k, 0) + v
+    return {
+        "records_read": read.get("in", 0),
+        "documents": {
+            "read": read.get("out", 0),
+            "used": asm.get("out", 0),
+            "dropped": asm.get("dropped", {}),
+            "rejected_at_read": read.get("dropped", {}),
+        },
+        "contexts": tasks.get("in", 0),
+        "samples": {
+            "made": tasks.get("out", 0),
+            "packed": pack.out,
+            "eval": eval_samples,
+            "dropped": dict(sorted(sample_drops.items())),
+        },
+        "stages": {**lineage, "pack": pack.to_json()},
+    }
+
+
+def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Pack every input shard's tokenized samples, write the shards, then the manifest."""
+    t0 = time.perf_counter()
+    store = TokenStore()
+    for st in sorted(shard_stats, key=lambda s: s["shard"]):
+        path = out / "work" / st["shard"] / "tokenized.arrow"
+        store.add_batch(open_ipc(path))
+    plan = plan_pack(store, cfg.pack, cfg.seed)
+    pack_rejects = RejectSink(out / "rejects" / "pack.arrow")
+    for sid, reason, msg in plan.dropped:
+        pack_rejects.add("pack", reason, msg, sid, "")
+    pack_rejects.close()
+
+    shard_dir = out / SHARD_DIR
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)  # shards of an earlier, different build must not linger
+    shard_dir.mkdir(parents=True)
+    shards = []
+    lo = 0
+    while lo < plan.n_rows:
+        hi, tokens = lo, 0
+        while hi < plan.n_rows and (hi == lo or tokens + plan.row_lengths[hi] <= cfg.shard.max_tokens):
+            tokens += int(plan.row_lengths[hi])
+            hi += 1
+        batch = gather_rows(store, plan, lo, hi)
+        shards.append(write_shard(batch, shard_dir / f"shard-{len(shards):05d}.arrow"))
+        lo = hi
+
+    lineage = Lineage()
+    for st in shard_stats:
+        lineage.merge(st["lineage"])
+    eval_samples = sum(st["eval_samples"] for st in shard_stats)
+    totals = {
+        "rows": plan.n_rows,
+        "samples": sum(s["samples"] for s in shards),
+        "tokens": plan.n_tokens,
+        "loss_tokens": sum(s["loss_tokens"] for s in shards),
+        "fill": round(plan.fill, 6),
+        "seq_len": cfg.pack.seq_len,
+    }
+    tok_path = Path(cfg.model) / "tokenizer.json"
+    manifest = {
+        "format": "lcdata.packed",
+        "schema_version": SCHEMA_VERSION,
+        "lcdata_version": __version__,
+        "name": cfg.name,
+        "seq_len": cfg.pack.seq_len,
+        "tokenizer": {"model": cfg.model, "sha256": sha256_file(tok_path)},
+        "ipc_format": "file",
+        "shards": shards,
+        "totals": totals,
+        "lineage": _lineage_totals(lineage.to_json(), eval_samples, plan.stats),
+        "samples_files": sorted(f"samples/{p.name}" for p in (out / "samples").glob("*.arrow")),
+        "eval_files": sorted(f"eval/{p.name}" for p in (out / "eval").glob("*.arrow")),
+        "config": dump_config(cfg),
+    }
+    write_json(out / MANIFEST, manifest)
+    info = {"pack_seconds": round(time.perf_counter() - t0, 3),
+            "shard_seconds": {s["shard"]: s["seconds"] for s in shard_stats}}
+    write_json(out / "build_info.json", info)
+    return manifest
+
+
+def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    """The whole build in this process, without Prefect (tests, benchmarks, debugging)."""
+    out = Path(out)
+    prepare_output(cfg, out)
+    stats = [process_input_shard(cfg, s, out) for s in plan_build(cfg)]
+    return pack_and_write(cfg, stats, out)
+
+
+__all__ = ["build_local", "pack_and_write", "plan_build", "prepare_output", "process_input_shard",
+           "write_ipc_file"]

@@ -1,0 +1,196 @@
+"""The build config: one pydantic model, defaults on fields, unknown keys are errors.
+
+Budgets are counted in tokens of the configured tokenizer. The resolved config (every
+default filled in) is saved beside every output (``manifest.json`` and ``config.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SourceKind = Literal[
+    "text_dir", "jsonl", "parquet", "arrow", "hf_dataset", "code_repo",
+    "shakespeare", "python_stdlib", "python_docs", "wikipedia",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class SourceConfig(_Strict):
+    name: str = Field(description="Unique source name; prefixes document ids.")
+    kind: SourceKind
+    path: str | None = Field(None, description="File or directory; required for generic kinds.")
+    text_field: str = "text"
+    id_field: str | None = None
+    group_field: str | None = Field(None, description="Record field naming the group to join (JSONL/Parquet/Arrow/HF).")
+    extensions: list[str] | None = Field(None, description="File suffixes for text_dir/code_repo.")
+    include: list[str] = Field(default_factory=list, description="Glob patterns on relative paths; empty = all.")
+    exclude: list[str] = Field(default_factory=list)
+    strategy: Literal["natural", "concat"] | None = Field(
+        None, description="natural: each document alone; concat: join the documents of one group. Default per kind."
+    )
+    limit_groups: int | None = Field(None, ge=1, description="Keep the first N groups (books, packages) in sorted order.")
+    docs_per_shard: int = Field(256, ge=1, description="Documents per input shard (whole groups are kept together).")
+
+    @model_validator(mode="after")
+    def _needs_path(self) -> SourceConfig:
+        if self.kind in ("text_dir", "jsonl", "parquet", "arrow", "hf_dataset", "code_repo") and not self.path:
+            raise ValueError(f"source `{self.name}` of kind `{self.kind}` needs `path`")
+        return self
+
+
+class ReadConfig(_Strict):
+    max_doc_chars: int = Field(10_000_000, ge=1, description="Larger documents are dropped (reason too_large).")
+    min_doc_chars: int = Field(1, ge=1, description="Shorter (after strip) documents are dropped (reason empty).")
+
+
+class AssembleConfig(_Strict):
+    buckets: list[int] = Field(default_factory=lambda: [4096], description="Target sample lengths in tokens.")
+    bucket_weights: list[float] | None = None
+    reserve_tokens: int = Field(256, ge=0, description="Tokens kept free in each bucket for template, question, answer.")
+    min_fill: float = Field(0.5, gt=0, le=1, description="A context shorter than min_fill x its target is dropped.")
+    short_max_tokens: int = Field(2048, ge=1, description="Samples up to this many tokens count as `short` in the mix.")
+
+    @field_validator("buckets")
+    @classmethod
+    def _buckets(cls, v: list[int]) -> list[int]:
+        if not v or any(b < 256 for b in v):
+            raise ValueError(f"`assemble.buckets` must be non-empty with every bucket >= 256 tokens, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _weights(self) -> AssembleConfig:
+        if self.bucket_weights is not None and len(self.bucket_weights) != len(self.buckets):
+            raise ValueError("`assemble.bucket_weights` must have one weight per bucket")
+        if self.reserve_tokens + 128 > min(self.buckets):
+            raise ValueError(
+                f"`assemble.reserve_tokens` ({self.reserve_tokens}) must leave >= 128 tokens of the smallest bucket"
+            )
+        return self
+
+
+class NeedlesTask(_Strict):
+    kind: Literal["needles"] = "needles"
+    per_context: int = Field(1, ge=0)
+    n_needles: int = Field(4, ge=1, description="Facts inserted per context.")
+    n_queried: int = Field(2, ge=1, description="How many of them the question asks for.")
+    depths: list[float] | None = Field(None, description="Insertion depths in [0,1]; default: spread over deciles.")
+    purpose: Literal["train", "eval"] = "train"
+
+
+class KVTrackingTask(_Strict):
+    kind: Literal["kv_tracking"] = "kv_tracking"
+    per_context: int = Field(1, ge=0)
+    chain_len: int = Field(4, ge=2, description="Assignments in the chain, spread from start to end.")
+    n_distractor_chains: int = Field(1, ge=0)
+    purpose: Literal["train", "eval"] = "train"
+
+
+class HotpotHaystackTask(_Strict):
+    kind: Literal["hotpot_haystack"] = "hotpot_haystack"
+    per_context: int = Field(1, ge=0)
+    qa_path: str | None = Field(None, description="HotpotQA-format JSON/JSONL; default: the shipped HotpotQA dev set.")
+    depths: list[float] = Field(default_factory=lambda: [0.15, 0.85], description="Depth of each supporting paragraph.")
+    distractors: int = Field(2, ge=0, description="Non-supporting paragraphs of the same question also placed.")
+    purpose: Literal["train", "eval"] = Field(
+        "eval", description="The shipped HotpotQA is a dev set: eval only. Set train for your own QA data."
+    )
+
+
+TaskConfig = Annotated[NeedlesTask | KVTrackingTask | HotpotHaystackTask, Field(discriminator="kind")]
+
+
+class TokenizeConfig(_Strict):
+    loss_on: Literal["last", "all"] = Field("all", description="Which assistant turns carry loss.")
+    batch_size: int = Field(64, ge=1)
+
+
+class PackConfig(_Strict):
+    seq_len: int = Field(4096, ge=64)
+    oversize: Literal["drop", "split"] = Field(
+        "drop", description="A sample longer than seq_len is dropped (reason too_long) or split into pieces."
+    )
+    short_token_ratio: float | None = Field(
+        None, ge=0, lt=1, description="Target share of tokens from short samples; the excess side is subsampled."
+    )
+    order: Literal["shuffle", "curriculum"] = Field(
+        "shuffle", description="Row order: seeded shuffle, or length curriculum (shortest samples first)."
+    )
+
+
+class ShardConfig(_Strict):
+    max_tokens: int = Field(8_000_000, ge=1, description="Tokens per shard file (about 4 x this in bytes).")
+
+
+class BuildConfig(_Strict):
+    name: str = "lcdata-dataset"
+    seed: int = 0
+    model: str = Field("models/smollm2-135m-instruct", description="Directory with tokenizer.json + chat template.")
+    sources: list[SourceConfig]
+    read: ReadConfig = Field(default_factory=ReadConfig)
+    assemble: AssembleConfig = Field(default_factory=AssembleConfig)
+    tasks: list[TaskConfig] = Field(default_factory=lambda: [NeedlesTask()])
+    tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
+    pack: PackConfig = Field(default_factory=PackConfig)
+    shard: ShardConfig = Field(default_factory=ShardConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> BuildConfig:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"source names must be unique, got {names}")
+        if not self.sources:
+            raise ValueError("`sources` must list at least one source")
+        if max(self.assemble.buckets) > self.pack.seq_len:
+            raise ValueError(
+                f"the largest bucket ({max(self.assemble.buckets)}) exceeds `pack.seq_len` "
+                f"({self.pack.seq_len}): raise seq_len or lower the bucket"
+            )
+        return self
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _format_errors(err: ValidationError, where: str) -> str:
+    lines = [f"{where}: invalid config"]
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key `{loc}`: remove it or fix its spelling")
+        else:
+            lines.append(f"  `{loc}`: {e['msg']}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BuildConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    for k, v in (overrides or {}).items():
+        raw[k] = v
+    return parse_config(raw, str(path))
+
+
+def parse_config(raw: dict[str, Any], where: str = "config") -> BuildConfig:
+    try:
+        return BuildConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, where)) from None
+
+
+def dump_config(cfg: BuildConfig) -> dict[str, Any]:
+    return cfg.model_dump(mode="json")

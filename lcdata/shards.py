@@ -1,0 +1,166 @@
+"""Arrow IPC shard files and the manifest.
+
+Shards use the Arrow IPC **file** format: memory-mapped random access to record batches
+(the trainer), lazy ``pl.scan_ipc`` (polars) and ``load_dataset("arrow", data_files=...)``
+(Hugging Face datasets) all read it. Every file is written under a temp name, fsynced and
+renamed; ``manifest.json`` is written last, so a directory with a manifest is complete.
+The manifest holds no timestamps: the same config and seed give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SCHEMA_VERSION, check_version
+from lcdata.stage import _fsync
+
+MANIFEST = "manifest.json"
+SHARD_DIR = "shards"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk):
+            h.update(b)
+    return h.hexdigest()
+
+
+class ArrowWriter:
+    """Streams record batches into an Arrow IPC file under a temp name; ``close`` renames."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.tmp")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._sink = pa.OSFile(str(self.tmp), "wb")
+        self._writer = ipc.new_file(self._sink, schema)
+        self.schema = schema
+        self.rows = 0
+
+    def write_rows(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.write(pa.RecordBatch.from_pylist(rows, schema=self.schema))
+
+    def write(self, batch: pa.RecordBatch) -> None:
+        self._writer.write_batch(batch)
+        self.rows += len(batch)
+
+    def close(self) -> Path:
+        self._writer.close()
+        self._sink.close()
+        _fsync(self.tmp)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._writer.close()
+            self._sink.close()
+        finally:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def open_ipc(path: Path) -> pa.Table:
+    """Memory-mapped table of an Arrow IPC file (no copy)."""
+    return ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def shard_stats(batch: pa.RecordBatch) -> dict[str, int]:
+    labels = batch.column("labels").values.to_numpy()
+    return {
+        "rows": len(batch),
+        "tokens": len(labels),
+        "loss_tokens": int((labels != IGNORE_INDEX).sum()),
+        "samples": len(batch.column("sample_ids").values),
+    }
+
+
+def write_shard(batch: pa.RecordBatch, path: Path) -> dict[str, Any]:
+    w = ArrowWriter(path, PACKED_SCHEMA)
+    try:
+        w.write(batch)
+    except BaseException:
+        w.abort()
+        raise
+    w.close()
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **shard_stats(batch)}
+
+
+def load_manifest(dir_: Path) -> dict[str, Any]:
+    p = Path(dir_) / MANIFEST
+    if not p.is_file():
+        raise FileNotFoundError(
+            f"{p} not found: {dir_} is not a finished lcdata build (the manifest is written last); "
+            "run or rerun `lcdata build` to finish it"
+        )
+    m = json.loads(p.read_text())
+    if m.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(
+            f"{p}: schema version {m.get('schema_version')}, this lcdata reads {SCHEMA_VERSION}; "
+            "rebuild the dataset with this version"
+        )
+    return m
+
+
+def shard_paths(dir_: Path, manifest: dict[str, Any] | None = None) -> list[Path]:
+    manifest = manifest or load_manifest(dir_)
+    return [Path(dir_) / SHARD_DIR / s["path"] for s in manifest["shards"]]
+
+
+def verify(dir_: Path) -> list[str]:
+    """Problems found (empty list: every shard exists, matches its sha256 and schema)."""
+    dir_ = Path(dir_)
+    m = load_manifest(dir_)
+    problems = []
+    for s, path in zip(m["shards"], shard_paths(dir_, m), strict=True):
+        if not path.is_file():
+            problems.append(f"{path}: missing; rebuild the dataset (`lcdata build`)")
+            continue
+        digest = sha256_file(path)
+        if digest != s["sha256"]:
+            problems.append(f"{path}: sha256 {digest[:12]}... != manifest {s['sha256'][:12]}...; "
+                            "the file changed after the build: rebuild or restore it")
+            continue
+        try:
+            check_version(ipc.open_file(pa.memory_map(str(path))).schema, str(path))
+        except ValueError as e:
+            problems.append(str(e))
+    return problems
+
+
+def iter_rows(dir_: Path) -> Iterator[dict[str, Any]]:
+    for path in shard_paths(Path(dir_)):
+        t = open_ipc(path)
+        for b in t.to_batches():
+            yield from b.to_pylist()
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """The packed-row invariants; raises AssertionError naming the broken one."""
+    ids, labels, pos, lens = (np.asarray(row[k]) for k in ("input_ids", "labels", "position_ids", "seq_lens"))
+    assert len(ids) == len(labels) == len(pos), "column lengths differ"
+    assert int(lens.sum()) == len(ids), "sum(seq_lens) != len(input_ids)"
+    assert len(row["sample_ids"]) == len(lens), "one sample id per seq_len"
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(int)
+    expected = np.arange(len(ids)) - np.repeat(starts, lens)
+    assert np.array_equal(pos, expected), "position_ids must restart at 0 at every sample"
+    assert (labels[starts] == IGNORE_INDEX).all(), "the first token of a sample must have no label"
+    m = labels != IGNORE_INDEX
+    assert np.array_equal(labels[m], ids[m]), "a label differs from its token"

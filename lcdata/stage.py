@@ -1,0 +1,151 @@
+"""Stages, filters, lineage and rejects (datatrove's way).
+
+A stage is a small class with a generator ``run(records) -> records``. It never drops a
+record silently: ``self.drop(record_id, reason, message, record)`` counts it under a
+reason code in the lineage and writes it to the rejects file. A ``Filter`` only answers
+keep/drop + reason; the base class does the counting and writing.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.ipc as ipc
+
+from lcdata.schema import REJECT_SCHEMA
+
+log = logging.getLogger("lcdata")
+
+I = TypeVar("I")  # noqa: E741
+O = TypeVar("O")  # noqa: E741
+
+MAX_REJECT_RECORD_CHARS = 20_000  # keep reject files small even for a 50 MB bad document
+
+
+@dataclass
+class StageStats:
+    """Counts of one stage. ``in_ == out + sum(dropped)`` for filters; producers may
+    emit more records than they take (``out`` counts what they emitted)."""
+
+    in_: int = 0
+    out: int = 0
+    dropped: Counter[str] = field(default_factory=Counter)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"in": self.in_, "out": self.out, "dropped": dict(sorted(self.dropped.items()))}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        self.in_ += other["in"]
+        self.out += other["out"]
+        self.dropped.update(other["dropped"])
+
+
+class Lineage:
+    """Per-stage counts, in stage order; JSON-able, mergeable across shards."""
+
+    def __init__(self) -> None:
+        self.stages: dict[str, StageStats] = {}
+
+    def stage(self, name: str) -> StageStats:
+        return self.stages.setdefault(name, StageStats())
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: v.to_json() for k, v in self.stages.items()}
+
+    def merge(self, other: dict[str, Any]) -> None:
+        for name, st in other.items():
+            self.stage(name).merge(st)
+
+
+class RejectSink:
+    """Collects dropped records and writes them as one Arrow IPC file (temp, then rename)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, stage: str, reason: str, message: str, record_id: str, record: Any) -> None:
+        if not isinstance(record, str):
+            record = json.dumps(record, default=str, ensure_ascii=False)
+        if len(record) > MAX_REJECT_RECORD_CHARS:
+            record = record[:MAX_REJECT_RECORD_CHARS] + f"... [{len(record)} chars, truncated]"
+        self.rows.append(
+            {"stage": stage, "reason": reason, "message": message, "record_id": record_id, "record": record}
+        )
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=REJECT_SCHEMA)
+        write_ipc_file(table, self.path)
+
+
+def write_ipc_file(table: pa.Table, path: Path) -> None:
+    """Arrow IPC *file* format, written under a temp name, fsynced, then renamed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    _fsync(tmp)
+    os.replace(tmp, path)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Stage(Generic[I, O]):
+    name: str = "stage"
+
+    def __init__(self) -> None:
+        self.stats = StageStats()
+        self.rejects: RejectSink = RejectSink(None)
+
+    def bind(self, lineage: Lineage, rejects: RejectSink) -> Stage[I, O]:
+        self.stats = lineage.stage(self.name)
+        self.rejects = rejects
+        return self
+
+    def drop(self, record_id: str, reason: str, message: str, record: Any = "") -> None:
+        self.stats.dropped[reason] += 1
+        self.rejects.add(self.name, reason, message, record_id, record)
+        log.warning("%s: dropped %s (%s): %s", self.name, record_id, reason, message)
+
+    def run(self, records: Iterable[I]) -> Iterator[O]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class Filter(Stage[I, I]):
+    """Answer keep/drop + reason; counting and rejects are handled here."""
+
+    def keep(self, record: I) -> tuple[bool, str, str]:  # (keep, reason, message)
+        raise NotImplementedError
+
+    def record_id(self, record: I) -> str:
+        return str(getattr(record, "id", "?"))
+
+    def record_json(self, record: I) -> Any:
+        to_row = getattr(record, "to_row", None)
+        return to_row() if to_row else record
+
+    def run(self, records: Iterable[I]) -> Iterator[I]:
+        for r in records:
+            self.stats.in_ += 1
+            ok, reason, message = self.keep(r)
+            if ok:
+                self.stats.out += 1
+                yield r
+            else:
+                self.drop(self.record_id(r), reason, message, self.record_json(r))

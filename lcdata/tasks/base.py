@@ -1,0 +1,129 @@
+"""Shared machinery of the programmatic tasks: inserting facts into a real context at
+controlled depths while keeping exact provenance, and building Sample records."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+
+from lcdata.schema import PURPOSE_TRAIN, SPLIT_LONG, SPLIT_SHORT, Context, Evidence, Part, Sample
+
+DOC_OPEN = "Read the document below, then answer the question after it.\n\n<document>\n"
+DOC_CLOSE = "\n</document>\n\n"
+
+
+@dataclass
+class Inserted:
+    """An inserted text and where it ended up in the new context."""
+
+    text: str
+    start: int
+    end: int
+    tag: Any = None
+
+
+def line_start_near(text: str, pos: int) -> int:
+    """The start of the line nearest to ``pos`` (0 <= result <= len(text))."""
+    pos = max(0, min(pos, len(text)))
+    before = text.rfind("\n", 0, pos)
+    after = text.find("\n", pos)
+    cand = [0 if before < 0 else before + 1]
+    if after >= 0:
+        cand.append(after + 1)
+    return min(cand, key=lambda c: abs(c - pos))
+
+
+def insert_texts(text: str, parts: list[Part], inserts: list[tuple[int, str, Any]]) -> tuple[str, list[Part], list[Inserted]]:
+    """Insert ``(pos, text, tag)`` items (pos in the old text, snapped by the caller) and
+    return the new text, the parts with shifted/split offsets, and the inserted spans.
+
+    A part that an insertion falls inside is split in two, so that for every part
+    ``new_text[ctx_start:ctx_end] == doc.text[doc_start:doc_end]`` still holds.
+    """
+    inserts = sorted(inserts, key=lambda x: x[0])
+    positions = [p for p, _, _ in inserts]
+    # split parts at insertion points strictly inside them
+    split: list[Part] = []
+    for part in parts:
+        cuts = [p for p in positions if part.ctx_start < p < part.ctx_end]
+        a = part.ctx_start
+        for c in [*cuts, part.ctx_end]:
+            if c > a:
+                off = a - part.ctx_start
+                split.append(Part(part.doc_id, a, c, part.doc_start + off, part.doc_start + off + (c - a)))
+            a = c
+    chunks: list[str] = []
+    out: list[Inserted] = []
+    prev = 0
+    shift = 0
+    for p, ins, tag in inserts:
+        chunks.append(text[prev:p])
+        start = p + shift
+        out.append(Inserted(ins, start, start + len(ins), tag))
+        chunks.append(ins)
+        shift += len(ins)
+        prev = p
+    chunks.append(text[prev:])
+
+    def shifted(x: int, end: bool) -> int:
+        # an insertion at a part's start goes before it; one at its end goes after it
+        return x + sum(len(ins) for p, ins, _ in inserts if (p < x if end else p <= x))
+
+    new_parts = [
+        Part(q.doc_id, shifted(q.ctx_start, False), shifted(q.ctx_end, True), q.doc_start, q.doc_end) for q in split
+    ]
+    return "".join(chunks), new_parts, out
+
+
+def depth_positions(text: str, depths: list[float]) -> list[int]:
+    return [line_start_near(text, int(d * len(text))) for d in depths]
+
+
+def spread_depths(rng: random.Random, n: int, lo: float = 0.02, hi: float = 0.98) -> list[float]:
+    """``n`` depths in distinct deciles (when n <= 10), uniform inside each, sorted."""
+    deciles = rng.sample(range(10), n) if n <= 10 else [rng.randrange(10) for _ in range(n)]
+    return sorted(min(hi, max(lo, (d + rng.random()) / 10)) for d in deciles)
+
+
+def make_sample(
+    *, task: str, index: int, ctx: Context, text: str, parts: list[Part], question: str, answer: str,
+    evidence: list[Inserted] | list[tuple[str, int, int]], n_tokens: int, short_max_tokens: int,
+    purpose: str = PURPOSE_TRAIN, meta: dict[str, Any] | None = None,
+) -> Sample:
+    user = DOC_OPEN + text + DOC_CLOSE + question
+    ev = []
+    for e in evidence:
+        t, s, end = (e.text, e.start, e.end) if isinstance(e, Inserted) else e
+        assert text[s:end] == t, "evidence offsets must point at the evidence text"
+        ev.append(Evidence(t, s, end, round(s / max(1, len(text)), 6)))
+    return Sample(
+        id=f"{task}:{ctx.id}:{index}",
+        task=task,
+        messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        split=SPLIT_SHORT if n_tokens <= short_max_tokens else SPLIT_LONG,
+        purpose=purpose,
+        context_id=ctx.id,
+        context_message=0,
+        context_offset=len(DOC_OPEN),
+        context_chars=len(text),
+        context_tokens=n_tokens,
+        sources=parts,
+        evidence=ev,
+        meta=meta or {},
+    )
+
+
+# Keys for needles and variable names: plain nouns, never numbers.
+WORDS = (
+    "anchor apple arrow badge barrel basket beacon bell blossom bottle bridge brook bucket cabin "
+    "camera candle canyon carpet castle cedar chalk cherry circle cloud clover comet compass copper "
+    "coral cotton crane crystal curtain dagger desert diamond dolphin dragon drum eagle ember engine "
+    "falcon feather fern fiddle flame forest fossil fountain garden garnet glacier globe granite "
+    "hammer harbor harp hazel helmet honey horizon island ivory jacket jasmine jewel kettle kite "
+    "ladder lagoon lantern lemon lily lotus magnet maple marble meadow mirror moss mountain needle "
+    "nutmeg oak ocean olive orchid otter paddle palace panther pearl pebble pepper piano pillar pine "
+    "planet plum pocket prism quartz quill rabbit raven reef ribbon river rocket saddle sapphire "
+    "shell silver spruce stone summit swan thistle thunder tiger timber tulip valley velvet violin "
+    "walnut willow window wolf zephyr"
+).split()
