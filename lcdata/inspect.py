@@ -1,0 +1,148 @@
+"""`lcdata inspect` and `lcdata show`: polars summaries of a built dataset, and one packed
+row decoded sample by sample with the trained spans marked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from lcdata.schema import IGNORE_INDEX
+from lcdata.shards import SHARD_DIR, load_manifest
+
+
+def _hist(values: pl.Series, edges: list[float]) -> list[tuple[str, int]]:
+    out = []
+    for a, b in zip(edges, edges[1:], strict=False):
+        n = int(((values >= a) & (values < b)).sum()) if len(values) else 0
+        out.append((f"[{a:g}, {b:g})", n))
+    return out
+
+
+def summarize(dir_: Path) -> dict[str, Any]:
+    dir_ = Path(dir_)
+    m = load_manifest(dir_)
+    rows = pl.scan_ipc(str(dir_ / SHARD_DIR / "*.arrow"))
+    per_row = rows.select(
+        pl.col("input_ids").list.len().alias("tokens"),
+        pl.col("seq_lens").list.len().alias("samples"),
+        (pl.col("labels").list.eval(pl.element() != IGNORE_INDEX).list.sum()).alias("loss_tokens"),
+    ).collect()
+    seq_lens = rows.select(pl.col("seq_lens").explode()).collect()["seq_lens"]
+    samples = pl.concat([pl.scan_ipc(str(dir_ / f)) for f in m["samples_files"]]) if m["samples_files"] else None
+    out: dict[str, Any] = {"name": m["name"], "seq_len": m["seq_len"], "totals": m["totals"], "lineage": m["lineage"]}
+    out["rows"] = {
+        "count": per_row.height,
+        "fill_mean": float(per_row["tokens"].mean() / m["seq_len"]) if per_row.height else 0.0,
+        "samples_per_row_mean": float(per_row["samples"].mean()) if per_row.height else 0.0,
+    }
+    out["loss_token_share"] = m["totals"]["loss_tokens"] / max(1, m["totals"]["tokens"])
+    top = max(m["seq_len"], 1)
+    edges = sorted({0, *[top // 2**k for k in range(6, -1, -1)], top + 1})
+    out["sample_length_hist"] = _hist(seq_lens.cast(pl.Float64), edges)
+    if samples is not None:
+        s = samples.select("task", "split", "context_tokens", "evidence").collect()
+        out["tasks"] = dict(s.group_by("task").len().sort("task").iter_rows())
+        out["splits"] = dict(s.group_by("split").len().sort("split").iter_rows())
+        depths = s.select(pl.col("evidence").explode().struct.field("depth")).drop_nulls()["depth"]
+        out["evidence_depth_hist"] = _hist(depths.cast(pl.Float64), [i / 10 for i in range(10)] + [1.0001])
+    return out
+
+
+def print_summary(info: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    c = Console()
+    t = info["totals"]
+    c.print(f"[bold]{info['name']}[/]: {t['rows']:,} rows x seq_len {info['seq_len']:,}, "
+            f"{t['samples']:,} samples, {t['tokens']:,} tokens, fill {t['fill']:.2%}, "
+            f"loss tokens {info['loss_token_share']:.2%}")
+
+    def table(title: str, items: list[tuple[str, Any]] | dict[str, Any], cols: tuple[str, str]) -> None:
+        tb = Table(title=title, title_justify="left")
+        tb.add_column(cols[0])
+        tb.add_column(cols[1], justify="right")
+        rows = items.items() if isinstance(items, dict) else items
+        total = sum(v for _, v in rows) or 1
+        rows = items.items() if isinstance(items, dict) else items
+        for k, v in rows:
+            tb.add_row(str(k), f"{v:,}  {'#' * int(30 * v / total)}")
+        c.print(tb)
+
+    if "tasks" in info:
+        table("task types (samples made for training)", info["tasks"], ("task", "samples"))
+        table("splits", info["splits"], ("split", "samples"))
+    table("packed sample length (tokens)", info["sample_length_hist"], ("range", "samples"))
+    if "evidence_depth_hist" in info:
+        table("evidence depth (0 = start of context)", info["evidence_depth_hist"], ("depth", "spans"))
+    lin = info["lineage"]
+    tb = Table(title="lineage and drop reasons", title_justify="left")
+    for col in ("stage", "in", "out", "dropped"):
+        tb.add_column(col)
+    for name, st in lin["stages"].items():
+        tb.add_row(name, f"{st['in']:,}", f"{st['out']:,}", ", ".join(f"{k}={v}" for k, v in st["dropped"].items()) or "-")
+    c.print(tb)
+    d, s = lin["documents"], lin["samples"]
+    c.print(f"documents: read {d['read']:,} = used {d['used']:,} + dropped {sum(d['dropped'].values()):,}; "
+            f"samples: made {s['made']:,} = packed {s['packed']:,} + eval {s['eval']:,} + dropped {sum(s['dropped'].values()):,}")
+
+
+def read_row(dir_: Path, row: int) -> dict[str, Any]:
+    m = load_manifest(Path(dir_))
+    if not 0 <= row < m["totals"]["rows"]:
+        raise IndexError(f"row {row} out of range: the dataset has {m['totals']['rows']} rows (0..{m['totals']['rows'] - 1})")
+    for s in m["shards"]:
+        if row < s["rows"]:
+            import pyarrow as pa
+            import pyarrow.ipc as ipc
+
+            t = ipc.open_file(pa.memory_map(str(Path(dir_) / SHARD_DIR / s["path"]))).read_all()
+            return t.slice(row, 1).to_pylist()[0] | {"shard": s["path"]}
+        row -= s["rows"]
+    raise IndexError(row)  # pragma: no cover
+
+
+def render_row(dir_: Path, row: int, max_chars: int = 600, markup: bool = True) -> str:
+    """One packed row, sample by sample; trained (loss) spans marked; long untrained spans elided."""
+    from lcdata.tokenize import ChatTokenizer
+
+    m = load_manifest(Path(dir_))
+    r = read_row(dir_, row)
+    tok = ChatTokenizer(m["tokenizer"]["model"])
+    lines = [f"row {row} ({r['shard']}): {len(r['input_ids'])} tokens, {len(r['seq_lens'])} samples"]
+    start = 0
+    for sid, n in zip(r["sample_ids"], r["seq_lens"], strict=True):
+        ids = r["input_ids"][start:start + n]
+        labels = r["labels"][start:start + n]
+        pos = r["position_ids"][start:start + n]
+        n_loss = sum(1 for x in labels if x != IGNORE_INDEX)
+        lines.append(f"\n--- sample {sid}: tokens {start}..{start + n - 1}, position_ids {pos[0]}..{pos[-1]}, loss tokens {n_loss}")
+        # group consecutive tokens by trained / not trained
+        segs: list[tuple[bool, list[int]]] = []
+        for t, lab in zip(ids, labels, strict=True):
+            trained = lab != IGNORE_INDEX
+            if segs and segs[-1][0] == trained:
+                segs[-1][1].append(t)
+            else:
+                segs.append((trained, [t]))
+        for trained, toks in segs:
+            text = tok.decode(toks)
+            if trained:
+                lines.append(f"[bold green]⟦{_esc(text, markup)}⟧[/]" if markup else f"⟦{text}⟧")
+            else:
+                if len(text) > max_chars:
+                    h = max_chars // 2
+                    text = f"{text[:h]} … [{len(text) - 2 * h:,} chars] … {text[-h:]}"
+                lines.append(f"[dim]{_esc(text, markup)}[/]" if markup else text)
+        start += n
+    return "\n".join(lines)
+
+
+def _esc(text: str, markup: bool) -> str:
+    if not markup:
+        return text
+    from rich.markup import escape
+
+    return escape(text)

@@ -1,0 +1,1 @@
+"""Prefect flows: thin wrappers that map library steps over input shards."""
