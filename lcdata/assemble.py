@@ -138,7 +138,7 @@ class Assembler(Stage[Document, Context]):
             new_doc = not acc or acc[-1].doc.id != p.doc.id
             cost = p.n_tokens + (header_tokens[p.doc.id] + sep_tokens if new_doc else 0)
             if acc and acc_tokens + cost > target - self.cfg.reserve_tokens:
-                ctx = self._emit(acc, source, group, k, target)
+                ctx = self._emit(acc, source, group, k, target, headers)
                 if ctx is not None:
                     used.update(x.doc.id for x in acc)
                     k += 1
@@ -149,7 +149,7 @@ class Assembler(Stage[Document, Context]):
             acc.append(p)
             acc_tokens += cost
         if acc:
-            ctx = self._emit(acc, source, group, k, target)
+            ctx = self._emit(acc, source, group, k, target, headers)
             if ctx is not None:
                 used.update(x.doc.id for x in acc)
                 yield ctx
@@ -163,18 +163,18 @@ class Assembler(Stage[Document, Context]):
                           "the buckets, or join it with related documents (strategy concat)",
                           {"id": d.id, "chars": len(d.text)})
 
-    def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int) -> Context | None:
+    def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int,
+              headers: dict[str, str]) -> Context | None:
         chunks: list[str] = []
         parts: list[Part] = []
         pos = 0
-        n_docs = len({p.doc.id for p in acc})
         for p in acc:
             if parts and parts[-1].doc_id == p.doc.id and parts[-1].doc_end == p.start:
                 seg = p.doc.text[p.start:p.end]
                 parts[-1].ctx_end += len(seg)
                 parts[-1].doc_end = p.end
             else:
-                prefix = ("\n\n" if parts else "") + (self._header(p.doc, n_docs) if n_docs > 1 else "")
+                prefix = ("\n\n" if parts else "") + headers[p.doc.id]
                 chunks.append(prefix)
                 pos += len(prefix)
                 seg = p.doc.text[p.start:p.end]
@@ -186,7 +186,7 @@ class Assembler(Stage[Document, Context]):
         budget = target - self.cfg.reserve_tokens
         if n_tokens > budget and len(acc) > 1:
             # token merges at joins can overshoot the piece sum by a few tokens: drop the last piece
-            return self._emit(acc[:-1], source, group, k, target)
+            return self._emit(acc[:-1], source, group, k, target, headers)
         if n_tokens < self.cfg.min_fill * budget:
             return None
         self.n_contexts += 1

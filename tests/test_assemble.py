@@ -1,0 +1,92 @@
+"""Assembly on real text: exact provenance, budgets, ordering, drops."""
+
+from __future__ import annotations
+
+import pytest
+
+from lcdata.assemble import Assembler
+from lcdata.config import AssembleConfig, ReadConfig, SourceConfig
+from lcdata.read import plan_source, read_shard, strategy_of
+from lcdata.read.files import ReadStage
+from lcdata.schema import Document
+from lcdata.stage import Lineage, RejectSink
+
+
+def docs_of(src: SourceConfig) -> list[Document]:
+    stage = ReadStage(ReadConfig())
+    return [d for sh in plan_source(src) for d in read_shard(sh, src, stage)]
+
+
+def assemble(docs, tok, strategy, **cfg):
+    lineage = Lineage()
+    asm = Assembler(AssembleConfig(**cfg), tok, strategy, seed=0).bind(lineage, RejectSink(None))
+    return list(asm.run(docs)), lineage.stage("assemble")
+
+
+def check_provenance(ctxs, docs):
+    by_id = {d.id: d for d in docs}
+    for c in ctxs:
+        covered = 0
+        for p in c.parts:
+            assert c.text[p.ctx_start : p.ctx_end] == by_id[p.doc_id].text[p.doc_start : p.doc_end]
+            covered += p.ctx_end - p.ctx_start
+        assert covered > 0.9 * len(c.text)  # headers and separators are the rest
+
+
+def test_concat_play_acts_in_order_with_exact_offsets(tok):
+    docs = docs_of(SourceConfig(name="sh", kind="shakespeare", include=["tragedies/macbeth.md"]))
+    ctxs, st = assemble(docs, tok, "concat", buckets=[4096], reserve_tokens=256)
+    check_provenance(ctxs, docs)
+    assert len(ctxs) >= 5
+    for c in ctxs:
+        assert 0.5 * (4096 - 256) <= c.n_tokens <= 4096 - 256
+        assert c.n_tokens == tok.count([c.text])[0]
+    # acts appear in order across consecutive contexts and inside each
+    order = [int(p.doc_id.rsplit("-", 1)[1]) for c in ctxs for p in c.parts]
+    assert order == sorted(order)
+    # a part that continues a document starts where the previous one ended
+    parts = [p for c in ctxs for p in c.parts]
+    for a, b in zip(parts, parts[1:]):
+        if a.doc_id == b.doc_id:
+            assert b.doc_start >= a.doc_end
+    assert st.in_ == st.out + sum(st.dropped.values())
+
+
+def test_concat_code_files_with_headers(tok):
+    src = SourceConfig(name="std", kind="python_stdlib", include=["json/*"])
+    docs = docs_of(src)
+    assert strategy_of(src) == "concat"
+    ctxs, st = assemble(docs, tok, "concat", buckets=[2048])
+    check_provenance(ctxs, docs)
+    assert ctxs[0].text.startswith("==> json/__init__.py <==\n")
+    assert any(len({p.doc_id for p in c.parts}) > 1 for c in ctxs)
+
+
+def test_natural_long_document_is_windowed(tok):
+    docs = docs_of(SourceConfig(name="wiki", kind="wikipedia"))
+    long_doc = max(docs, key=lambda d: len(d.text))
+    ctxs, st = assemble([long_doc], tok, "natural", buckets=[1024], reserve_tokens=128)
+    assert len(ctxs) > 3 and all(len(c.parts) == 1 for c in ctxs)
+    check_provenance(ctxs, [long_doc])
+    assert all(c.n_tokens <= 1024 - 128 for c in ctxs)
+
+
+def test_short_document_is_dropped_with_reason(tok):
+    d = Document("x/1", "x", "A short text.\n", {})
+    ctxs, st = assemble([d], tok, "natural", buckets=[1024])
+    assert ctxs == [] and st.dropped["too_short"] == 1 and st.out == 0
+
+
+def test_a_single_huge_line_is_cut_at_token_bounds(tok):
+    text = "word " * 3000  # one line, ~3000 tokens, no paragraph or line breaks
+    d = Document("x/1", "x", text, {})
+    ctxs, st = assemble([d], tok, "natural", buckets=[1024], reserve_tokens=128)
+    check_provenance(ctxs, [d])
+    assert len(ctxs) >= 3 and all(c.n_tokens <= 1024 - 128 for c in ctxs)
+
+
+@pytest.mark.parametrize("weights", [None, [1, 3]])
+def test_buckets_are_used(tok, weights):
+    docs = docs_of(SourceConfig(name="sh", kind="shakespeare", include=["comedies/*"], limit_groups=2))
+    ctxs, _ = assemble(docs, tok, "concat", buckets=[1024, 4096], bucket_weights=weights)
+    assert {c.target_tokens for c in ctxs} == {1024, 4096}
