@@ -33,7 +33,15 @@ from lcdata.pack import TokenStore, gather_rows, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
 from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED_SCHEMA
-from lcdata.shards import MANIFEST, SHARD_DIR, ArrowWriter, open_ipc, sha256_file, write_json, write_shard
+from lcdata.shards import (
+    MANIFEST,
+    SHARD_DIR,
+    ArrowWriter,
+    open_ipc,
+    sha256_file,
+    write_json,
+    write_shard,
+)
 from lcdata.stage import Lineage, RejectSink, StageStats, write_ipc_file
 from lcdata.tasks import TaskStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
@@ -251,8 +259,9 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
 def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
     """The whole build in this process, without Prefect (tests, benchmarks, debugging)."""
     out = Path(out)
+    shards = plan_build(cfg)  # plan first: a bad source path fails before anything is written
     prepare_output(cfg, out)
-    stats = [process_input_shard(cfg, s, out) for s in plan_build(cfg)]
+    stats = [process_input_shard(cfg, s, out) for s in shards]
     return pack_and_write(cfg, stats, out)
 
 

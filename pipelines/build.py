@@ -39,8 +39,8 @@ def pack_task(cfg_json: dict[str, Any], stats: list[dict[str, Any]], out: str) -
 @flow(name="lcdata-build", log_prints=True)
 def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
     cfg = parse_config(cfg_json)
+    shards = B.plan_build(cfg)  # plan first: a bad source path fails before anything is written
     B.prepare_output(cfg, Path(out))
-    shards = B.plan_build(cfg)
     print(f"lcdata build: {len(shards)} input shard(s) -> {out}")
     futures = process_shard_task.map(unmapped(cfg_json), shards, unmapped(out))
     stats = [f.result() for f in futures]

@@ -2,9 +2,9 @@ import json
 
 import pyarrow as pa
 import pytest
+from conftest import ROOT
 
 from lcdata import schema as S
-from conftest import ROOT
 
 
 def test_schemas_dir_in_sync():

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import random
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lcdata.assemble import Assembler
-from lcdata.config import AssembleConfig, HotpotHaystackTask, KVTrackingTask, NeedlesTask, ReadConfig, SourceConfig
+from lcdata.config import (
+    AssembleConfig,
+    HotpotHaystackTask,
+    KVTrackingTask,
+    NeedlesTask,
+    ReadConfig,
+    SourceConfig,
+)
 from lcdata.read import plan_source, read_shard
 from lcdata.read.files import ReadStage
 from lcdata.schema import PURPOSE_EVAL, Part
 from lcdata.tasks.base import insert_texts
 from lcdata.tasks.programmatic import hotpot_haystack, kv_tracking, needles
-import pytest
 
 
 @pytest.fixture(scope="module")
