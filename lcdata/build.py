@@ -23,13 +23,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import yaml
 
 from lcdata import __version__
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
-from lcdata.pack import TokenStore, gather_rows, plan_pack
+from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
 from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED_SCHEMA
@@ -206,20 +207,7 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         pack_rejects.add("pack", reason, msg, sid, "")
     pack_rejects.close()
 
-    shard_dir = out / SHARD_DIR
-    if shard_dir.exists():
-        shutil.rmtree(shard_dir)  # shards of an earlier, different build must not linger
-    shard_dir.mkdir(parents=True)
-    shards = []
-    lo = 0
-    while lo < plan.n_rows:
-        hi, tokens = lo, 0
-        while hi < plan.n_rows and (hi == lo or tokens + plan.row_lengths[hi] <= cfg.shard.max_tokens):
-            tokens += int(plan.row_lengths[hi])
-            hi += 1
-        batch = gather_rows(store, plan, lo, hi)
-        shards.append(write_shard(batch, shard_dir / f"shard-{len(shards):05d}.arrow"))
-        lo = hi
+    shards = write_packed_shards(store, plan, out / SHARD_DIR, cfg.shard.max_tokens)
 
     lineage = Lineage()
     for st in shard_stats:
@@ -254,6 +242,24 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
             "shard_seconds": {s["shard"]: s["seconds"] for s in shard_stats}}
     write_json(out / "build_info.json", info)
     return manifest
+
+
+def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_tokens: int) -> list[dict[str, Any]]:
+    """Cut the planned rows into shard files of at most ``max_tokens`` tokens (a row is never
+    split), streaming record batches; returns the manifest entries."""
+    if shard_dir.exists():
+        shutil.rmtree(shard_dir)  # shards of an earlier, different build must not linger
+    shard_dir.mkdir(parents=True)
+    shards: list[dict[str, Any]] = []
+    ends = np.cumsum(plan.row_lengths)
+    lo = 0
+    while lo < plan.n_rows:
+        base = ends[lo - 1] if lo else 0
+        hi = max(lo + 1, int(np.searchsorted(ends, base + max_tokens, side="right")))
+        path = shard_dir / f"shard-{len(shards):05d}.arrow"
+        shards.append(write_shard(iter_row_batches(store, plan, lo, hi), path))
+        lo = hi
+    return shards
 
 
 def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:

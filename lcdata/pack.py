@@ -13,12 +13,12 @@ room are taken together, so the Python loop runs once per (length, room) step, n
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lcdata.config import PackConfig
 from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SPLIT_SHORT
@@ -82,35 +82,16 @@ def best_fit_decreasing(lengths: np.ndarray, capacity: int) -> np.ndarray:
 
 @dataclass
 class TokenStore:
-    """Tokenized samples as flat segments (one per Arrow record batch) plus a per-sample index."""
+    """Tokenized samples as Arrow record batches (memory-mapped when read from files),
+    plus per-sample lengths and split flags as numpy arrays."""
 
-    seg_ids: list[np.ndarray] = field(default_factory=list)
-    seg_labels: list[np.ndarray] = field(default_factory=list)
-    seg_offsets: list[np.ndarray] = field(default_factory=list)
-    item_seg: list[np.ndarray] = field(default_factory=list)
-    sample_ids: list[str] = field(default_factory=list)
-    short: list[np.ndarray] = field(default_factory=list)
-    _keep: list[Any] = field(default_factory=list)  # keeps memory maps alive
+    batches: list[pa.RecordBatch] = field(default_factory=list)
 
     def add_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         if isinstance(batch, pa.Table):
-            for b in batch.to_batches():
-                self.add_batch(b)
-            return
-        ids = batch.column("input_ids")
-        labels = batch.column("labels")
-        seg = len(self.seg_ids)
-        self.seg_ids.append(ids.values.to_numpy(zero_copy_only=False))
-        self.seg_labels.append(labels.values.to_numpy(zero_copy_only=False))
-        off = ids.offsets.to_numpy()
-        if not np.array_equal(off, labels.offsets.to_numpy()):
-            raise ValueError("input_ids and labels differ in length in a tokenized batch")
-        self.seg_offsets.append(off)
-        n = len(batch)
-        self.item_seg.append(np.full(n, seg, dtype=np.int32))
-        self.sample_ids.extend(batch.column("sample_id").to_pylist())
-        self.short.append(np.asarray([s == SPLIT_SHORT for s in batch.column("split").to_pylist()], dtype=bool))
-        self._keep.append(batch)
+            self.batches.extend(batch.to_batches())
+        else:
+            self.batches.append(batch)
 
     @classmethod
     def from_arrays(cls, samples: Sequence[tuple[str, str, np.ndarray, np.ndarray]]) -> TokenStore:
@@ -125,16 +106,34 @@ class TokenStore:
         return store
 
     def finish(self) -> None:
-        def cat(xs: list[np.ndarray], dtype: Any) -> np.ndarray:
-            return np.concatenate(xs) if xs else np.zeros(0, dtype)
-
-        self.seg = cat(self.item_seg, np.int32)
-        self.is_short = cat(self.short, bool)
-        self.starts = cat([o[:-1] for o in self.seg_offsets], np.int64).astype(np.int64)
-        self.lengths = cat([np.diff(o) for o in self.seg_offsets], np.int64).astype(np.int64)
+        if self.batches:
+            t = pa.Table.from_batches(self.batches)
+        else:
+            t = pa.table({"sample_id": pa.array([], pa.string()), "split": pa.array([], pa.string()),
+                          "input_ids": pa.array([], pa.list_(pa.int32())), "labels": pa.array([], pa.list_(pa.int32()))})
+        self.ids = t.column("input_ids")
+        self.labels = t.column("labels")
+        self.sample_ids = t.column("sample_id")
+        self.lengths = pc.list_value_length(self.ids).to_numpy().astype(np.int64)
+        if not np.array_equal(self.lengths, pc.list_value_length(self.labels).to_numpy()):
+            raise ValueError("input_ids and labels differ in length in the tokenized samples")
+        self.is_short = pc.equal(t.column("split"), SPLIT_SHORT).to_numpy()
+        # flat token values of each chunk (zero-copy views) and where each sample starts in them
+        self.chunk_ids = [c.values.to_numpy(zero_copy_only=False) for c in self.ids.chunks]
+        self.chunk_labels = [c.values.to_numpy(zero_copy_only=False) for c in self.labels.chunks]
+        self.item_chunk = np.concatenate(
+            [np.full(len(c), k, np.int32) for k, c in enumerate(self.ids.chunks)] or [np.zeros(0, np.int32)])
+        self.item_start = np.concatenate(
+            [c.offsets.to_numpy()[:-1].astype(np.int64) for c in self.ids.chunks] or [np.zeros(0, np.int64)])
+        for ci, cl in zip(self.ids.chunks, self.labels.chunks, strict=True):
+            if not np.array_equal(ci.offsets.to_numpy(), cl.offsets.to_numpy()) or ci.offset or cl.offset:
+                raise ValueError("tokenized input_ids and labels must share offsets (rewrite the tokenized file)")
 
     def __len__(self) -> int:
-        return len(self.sample_ids)
+        return sum(len(b) for b in self.batches)
+
+    def sample_id(self, i: int) -> str:
+        return self.sample_ids[int(i)].as_py()
 
 
 @dataclass
@@ -148,9 +147,8 @@ class Piece:
 
 @dataclass
 class PackPlan:
-    pieces: Piece
-    piece_ids: list[str]
-    row_of_piece: np.ndarray  # row index (in final order) of each piece, pieces sorted by (row, slot)
+    pieces: Piece  # sorted by (row, slot)
+    row_of_piece: np.ndarray  # final row index of each piece
     row_lengths: np.ndarray
     seq_len: int
     stats: StageStats
@@ -189,14 +187,14 @@ def _mix(store: TokenStore, keep: np.ndarray, ratio: float, rng: np.random.Gener
     out = keep.copy()
     for i in cand[n_keep:]:
         out[i] = False
-        dropped.append((store.sample_ids[i], "mix_ratio",
+        dropped.append((store.sample_id(i), "mix_ratio",
                         f"subsampled to reach pack.short_token_ratio={ratio}"))
     return out
 
 
 def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
     store.finish()
-    n = len(store)
+    n = len(store.lengths)
     stats = StageStats(in_=n)
     dropped: list[tuple[str, str, str]] = []
     rng = np.random.default_rng(seed)
@@ -206,7 +204,7 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
     if cfg.oversize == "drop":
         for i in over:
             keep[i] = False
-            dropped.append((store.sample_ids[i], "too_long",
+            dropped.append((store.sample_id(i), "too_long",
                             f"{lengths[i]} tokens > pack.seq_len={cfg.seq_len}; raise seq_len, lower the "
                             "assemble buckets, or set pack.oversize=split"))
     if cfg.short_token_ratio is not None:
@@ -241,67 +239,65 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
     final_row = final_row[order]
     row_lengths = np.empty(n_rows, np.int64)
     row_lengths[rank_of_row] = row_len
-    ids = [store.sample_ids[i] if not (cfg.oversize == "split" and store.lengths[i] > cfg.seq_len)
-           else f"{store.sample_ids[i]}#p{s // cfg.seq_len}" for i, s in zip(pieces.item.tolist(), pieces.start.tolist(), strict=True)]
     stats.out = len(items)
     for _, reason, _ in dropped:
         stats.dropped[reason] += 1
-    return PackPlan(pieces, ids, final_row, row_lengths, cfg.seq_len, stats, dropped)
+    return PackPlan(pieces, final_row, row_lengths, cfg.seq_len, stats, dropped)
 
 
 def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int) -> pa.RecordBatch:
     """Packed rows ``[row_lo, row_hi)`` as one record batch of ``PACKED_SCHEMA``."""
-    sel = np.flatnonzero((plan.row_of_piece >= row_lo) & (plan.row_of_piece < row_hi))
-    item = plan.pieces.item[sel]
-    lens = plan.pieces.length[sel]
-    src_start = store.starts[item] + plan.pieces.start[sel]
+    # pieces are sorted by row: the rows' pieces are one contiguous slice
+    a, b = np.searchsorted(plan.row_of_piece, [row_lo, row_hi])
+    item = plan.pieces.item[a:b]
+    start = plan.pieces.start[a:b]
+    lens = plan.pieces.length[a:b]
     total = int(lens.sum())
-    piece_off = np.zeros(len(sel) + 1, np.int64)
-    np.cumsum(lens, out=piece_off[1:])
-    # flat source index of every output token, then one gather per source segment
-    within = np.arange(total, dtype=np.int64) - np.repeat(piece_off[:-1], lens)
-    src = np.repeat(src_start, lens) + within
-    seg_of_tok = np.repeat(store.seg[item], lens)
-    ids = np.empty(total, np.int32)
-    labels = np.empty(total, np.int32)
-    if len(store.seg_ids) == 1:
-        ids[:] = store.seg_ids[0][src]
-        labels[:] = store.seg_labels[0][src]
-    else:
-        by_seg = np.argsort(seg_of_tok, kind="stable")
-        bounds = np.searchsorted(seg_of_tok[by_seg], np.arange(len(store.seg_ids) + 1))
-        for k in range(len(store.seg_ids)):
-            t = by_seg[bounds[k] : bounds[k + 1]]
-            if len(t):
-                ids[t] = store.seg_ids[k][src[t]]
-                labels[t] = store.seg_labels[k][src[t]]
-    # a sample's first token never carries a label: its logits would come from the previous sample
-    labels[piece_off[:-1][lens > 0]] = IGNORE_INDEX
-    position_ids = within.astype(np.int32)
-    rows = plan.row_of_piece[sel]
-    n = row_hi - row_lo
-    row_len = np.bincount(rows - row_lo, weights=lens, minlength=n).astype(np.int64)
-    row_off = np.zeros(n + 1, np.int64)
-    np.cumsum(row_len, out=row_off[1:])
-    n_per_row = np.bincount(rows - row_lo, minlength=n)
-    cnt_off = np.zeros(n + 1, np.int64)
-    np.cumsum(n_per_row, out=cnt_off[1:])
     if total >= 2**31:
         raise ValueError("a shard must hold < 2**31 tokens: lower shard.max_tokens")
-    tok_off = pa.array(row_off.astype(np.int32))
-    cnt_off_a = pa.array(cnt_off.astype(np.int32))
-
-    def lst(values: np.ndarray | pa.Array, offsets: pa.Array) -> pa.ListArray:
-        return pa.ListArray.from_arrays(offsets, values)
-
-    ids_list = [plan.piece_ids[i] for i in sel.tolist()]
+    piece_off = np.zeros(len(item) + 1, np.int64)
+    np.cumsum(lens, out=piece_off[1:])
+    # each piece is a contiguous run of its sample's tokens: concatenate views (one memcpy each)
+    src = (store.item_start[item] + start).tolist()
+    chunk = store.item_chunk[item].tolist()
+    ends = [x + n for x, n in zip(src, lens.tolist(), strict=True)]
+    ids = np.concatenate([store.chunk_ids[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)] or [np.zeros(0, np.int32)])
+    labels = np.concatenate([store.chunk_labels[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)] or [np.zeros(0, np.int32)])
+    # a sample's first token never carries a label: its logits come from the previous sample
+    labels[piece_off[:-1][lens > 0]] = IGNORE_INDEX
+    # position ids restart at every piece: ones, minus the previous piece's length at each start, cumsum
+    position_ids = np.ones(total, np.int32)
+    if total:
+        position_ids[0] = 0
+        position_ids[piece_off[1:-1]] = 1 - lens[:-1]
+        np.cumsum(position_ids, out=position_ids)
+    names = store.sample_ids.take(pa.array(item, pa.int64())).combine_chunks()
+    split = (start > 0) | (lens != store.lengths[item])
+    if split.any():
+        sfx = [f"#p{s // plan.seq_len}" if sp else "" for s, sp in zip(start.tolist(), split.tolist(), strict=True)]
+        names = pa.array([x + y for x, y in zip(names.to_pylist(), sfx, strict=True)], pa.string())
+    rows = plan.row_of_piece[a:b] - row_lo
+    n = row_hi - row_lo
+    row_off = np.zeros(n + 1, np.int32)
+    np.cumsum(np.bincount(rows, weights=lens, minlength=n).astype(np.int64), out=row_off[1:])
+    cnt_off = np.zeros(n + 1, np.int32)
+    np.cumsum(np.bincount(rows, minlength=n), out=cnt_off[1:])
+    tok_off, cnt_off_a = pa.array(row_off), pa.array(cnt_off)
     return pa.RecordBatch.from_arrays(
         [
-            lst(pa.array(ids, pa.int32()), tok_off),
-            lst(pa.array(labels, pa.int32()), tok_off),
-            lst(pa.array(position_ids, pa.int32()), tok_off),
-            lst(pa.array(lens.astype(np.int32), pa.int32()), cnt_off_a),
-            lst(pa.array(ids_list, pa.string()), cnt_off_a),
+            pa.ListArray.from_arrays(tok_off, pa.array(ids)),
+            pa.ListArray.from_arrays(tok_off, pa.array(labels)),
+            pa.ListArray.from_arrays(tok_off, pa.array(position_ids)),
+            pa.ListArray.from_arrays(cnt_off_a, pa.array(lens.astype(np.int32))),
+            pa.ListArray.from_arrays(cnt_off_a, names),
         ],
         schema=PACKED_SCHEMA,
     )
+
+
+def iter_row_batches(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int,
+                     rows_per_batch: int = 256) -> Iterator[pa.RecordBatch]:
+    """Rows ``[row_lo, row_hi)`` in record batches of ``rows_per_batch`` rows: small blocks
+    keep the working set in cache and let the allocator reuse memory."""
+    for lo in range(row_lo, row_hi, rows_per_batch):
+        yield gather_rows(store, plan, lo, min(row_hi, lo + rows_per_batch))

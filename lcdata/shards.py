@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,15 +92,20 @@ def shard_stats(batch: pa.RecordBatch) -> dict[str, int]:
     }
 
 
-def write_shard(batch: pa.RecordBatch, path: Path) -> dict[str, Any]:
+def write_shard(batches: Iterable[pa.RecordBatch], path: Path) -> dict[str, Any]:
+    """Stream record batches into one shard file; returns its manifest entry."""
     w = ArrowWriter(path, PACKED_SCHEMA)
+    totals = {"rows": 0, "tokens": 0, "loss_tokens": 0, "samples": 0}
     try:
-        w.write(batch)
+        for b in batches:
+            w.write(b)
+            for k, v in shard_stats(b).items():
+                totals[k] += v
     except BaseException:
         w.abort()
         raise
     w.close()
-    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **shard_stats(batch)}
+    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **totals}
 
 
 def load_manifest(dir_: Path) -> dict[str, Any]:
