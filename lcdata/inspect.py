@@ -61,14 +61,14 @@ def print_summary(info: dict[str, Any]) -> None:
             f"loss tokens {info['loss_token_share']:.2%}")
 
     def table(title: str, items: list[tuple[str, Any]] | dict[str, Any], cols: tuple[str, str]) -> None:
+        rows = list(items.items() if isinstance(items, dict) else items)
+        top = max((v for _, v in rows), default=0) or 1
         tb = Table(title=title, title_justify="left")
         tb.add_column(cols[0])
         tb.add_column(cols[1], justify="right")
-        rows = items.items() if isinstance(items, dict) else items
-        total = sum(v for _, v in rows) or 1
-        rows = items.items() if isinstance(items, dict) else items
+        tb.add_column("")
         for k, v in rows:
-            tb.add_row(str(k), f"{v:,}  {'#' * int(30 * v / total)}")
+            tb.add_row(str(k), f"{v:,}", "#" * round(30 * v / top))
         c.print(tb)
 
     if "tasks" in info:

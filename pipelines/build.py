@@ -19,7 +19,9 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 from prefect import flow, task, unmapped  # noqa: E402
 from prefect.cache_policies import NONE  # noqa: E402
+from prefect.futures import as_completed  # noqa: E402
 from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
+from rich.progress import MofNCompleteColumn, Progress  # noqa: E402
 
 from lcdata import build as B  # noqa: E402
 from lcdata.config import parse_config  # noqa: E402
@@ -43,7 +45,12 @@ def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
     B.prepare_output(cfg, Path(out))
     print(f"lcdata build: {len(shards)} input shard(s) -> {out}")
     futures = process_shard_task.map(unmapped(cfg_json), shards, unmapped(out))
-    stats = [f.result() for f in futures]
+    stats = []
+    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:
+        job = bar.add_task("input shards", total=len(futures))
+        for f in as_completed(futures):
+            stats.append(f.result())
+            bar.advance(job)
     return pack_task(cfg_json, stats, out)
 
 
