@@ -14,11 +14,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file
 from lcdata.build import build_local
 from lcdata.config import PackConfig, load_config
 from lcdata.pack import TokenStore, iter_row_batches, plan_pack
 from lcdata.schema import SAMPLE_SCHEMA, TOKENIZED_SCHEMA, Sample
-from lcdata.shards import ArrowWriter, open_ipc, sha256_file
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,22 +28,15 @@ import pyarrow as pa
 import yaml
 
 from lcdata import __version__
+from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file, write_json
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
 from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED_SCHEMA
-from lcdata.shards import (
-    MANIFEST,
-    SHARD_DIR,
-    ArrowWriter,
-    open_ipc,
-    sha256_file,
-    write_json,
-    write_shard,
-)
-from lcdata.stage import Lineage, RejectSink, StageStats, write_ipc_file
+from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
+from lcdata.stage import Lineage, RejectSink, StageStats
 from lcdata.tasks import TaskStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
@@ -270,6 +263,3 @@ def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
     stats = [process_input_shard(cfg, s, out) for s in shards]
     return pack_and_write(cfg, stats, out)
 
-
-__all__ = ["build_local", "pack_and_write", "plan_build", "prepare_output", "process_input_shard",
-           "write_ipc_file"]

@@ -137,7 +137,7 @@ class TokenStore:
 
 
 @dataclass
-class Piece:
+class Pieces:
     """One packed unit: a whole sample, or a piece of an oversize sample under ``split``."""
 
     item: np.ndarray  # sample index in the store
@@ -147,7 +147,7 @@ class Piece:
 
 @dataclass
 class PackPlan:
-    pieces: Piece  # sorted by (row, slot)
+    pieces: Pieces  # sorted by (row, slot)
     row_of_piece: np.ndarray  # final row index of each piece
     row_lengths: np.ndarray
     seq_len: int
@@ -220,7 +220,7 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
             p_item.append(np.full(len(starts), i))
             p_start.append(starts)
             p_len.append(np.minimum(cfg.seq_len, lengths[i] - starts))
-    pieces = Piece(np.concatenate(p_item), np.concatenate(p_start), np.concatenate(p_len))
+    pieces = Pieces(np.concatenate(p_item), np.concatenate(p_start), np.concatenate(p_len))
     row = best_fit_decreasing(pieces.length, cfg.seq_len)
     n_rows = int(row.max()) + 1 if len(row) else 0
     row_len = np.bincount(row, weights=pieces.length, minlength=n_rows).astype(np.int64)
@@ -235,7 +235,7 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
     final_row = rank_of_row[row]
     # inside a row: longest first (BFD placement order), ties by sample index
     order = np.lexsort((pieces.start, pieces.item, -pieces.length, final_row))
-    pieces = Piece(pieces.item[order], pieces.start[order], pieces.length[order])
+    pieces = Pieces(pieces.item[order], pieces.start[order], pieces.length[order])
     final_row = final_row[order]
     row_lengths = np.empty(n_rows, np.int64)
     row_lengths[rank_of_row] = row_len

@@ -9,9 +9,7 @@ The manifest holds no timestamps: the same config and seed give the same bytes.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,66 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
+from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file
 from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SCHEMA_VERSION, check_version
-from lcdata.stage import _fsync
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk):
-            h.update(b)
-    return h.hexdigest()
-
-
-class ArrowWriter:
-    """Streams record batches into an Arrow IPC file under a temp name; ``close`` renames."""
-
-    def __init__(self, path: Path, schema: pa.Schema) -> None:
-        self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = pa.OSFile(str(self.tmp), "wb")
-        self._writer = ipc.new_file(self._sink, schema)
-        self.schema = schema
-        self.rows = 0
-
-    def write_rows(self, rows: list[dict[str, Any]]) -> None:
-        if rows:
-            self.write(pa.RecordBatch.from_pylist(rows, schema=self.schema))
-
-    def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
-        self.rows += len(batch)
-
-    def close(self) -> Path:
-        self._writer.close()
-        self._sink.close()
-        _fsync(self.tmp)
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        try:
-            self._writer.close()
-            self._sink.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def open_ipc(path: Path) -> pa.Table:
-    """Memory-mapped table of an Arrow IPC file (no copy)."""
-    return ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 def shard_stats(batch: pa.RecordBatch) -> dict[str, int]:

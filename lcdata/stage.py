@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-import pyarrow as pa
-import pyarrow.ipc as ipc
-
+from lcdata.arrowio import ArrowWriter
 from lcdata.schema import REJECT_SCHEMA
 
 log = logging.getLogger("lcdata")
@@ -84,26 +81,9 @@ class RejectSink:
     def close(self) -> None:
         if self.path is None:
             return
-        table = pa.Table.from_pylist(self.rows, schema=REJECT_SCHEMA)
-        write_ipc_file(table, self.path)
-
-
-def write_ipc_file(table: pa.Table, path: Path) -> None:
-    """Arrow IPC *file* format, written under a temp name, fsynced, then renamed."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with pa.OSFile(str(tmp), "wb") as sink, ipc.new_file(sink, table.schema) as writer:
-        writer.write_table(table)
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        w = ArrowWriter(self.path, REJECT_SCHEMA)
+        w.write_rows(self.rows)
+        w.close()
 
 
 class Stage(Generic[I, O]):

@@ -10,10 +10,11 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pytest
 
+from lcdata.arrowio import sha256_file
 from lcdata.build import build_local
 from lcdata.config import parse_config
 from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SAMPLE_SCHEMA, Sample
-from lcdata.shards import check_row, iter_rows, load_manifest, sha256_file, verify
+from lcdata.shards import check_row, iter_rows, load_manifest, verify
 
 
 @pytest.fixture(scope="module")

@@ -197,7 +197,7 @@ def _read_wikipedia(stage: ReadStage, src: SourceConfig, path: Path) -> Iterator
 
 def _read_play(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Iterator[Document]:
     data = path.read_bytes()
-    text = files._decode(stage, data, str(path), f"{src.name}/{rel}")
+    text = files.decode_utf8(stage, data, str(path), f"{src.name}/{rel}")
     if text is None:
         stage.stats.in_ += 1
         return

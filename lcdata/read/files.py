@@ -49,7 +49,7 @@ class ReadStage(Stage[Any, Document]):
         return doc
 
 
-def _decode(stage: ReadStage, data: bytes, where: str, record_id: str) -> str | None:
+def decode_utf8(stage: ReadStage, data: bytes, where: str, record_id: str) -> str | None:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -62,7 +62,7 @@ def _decode(stage: ReadStage, data: bytes, where: str, record_id: str) -> str | 
 def read_text_file(stage: ReadStage, src: SourceConfig, path: Path, rel: str, meta: dict[str, Any]) -> Iterator[Document]:
     stage.stats.in_ += 1
     doc_id = f"{src.name}/{rel}"
-    text = _decode(stage, path.read_bytes(), str(path), doc_id)
+    text = decode_utf8(stage, path.read_bytes(), str(path), doc_id)
     if text is None:
         return
     doc = stage.check(Document(doc_id, src.name, text, {"path": rel, **meta}), str(path))
@@ -95,7 +95,7 @@ def read_jsonl(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Ite
             stage.stats.in_ += 1
             where = f"{path}:{lineno}"
             rid = f"{src.name}/{rel}:{lineno}"
-            line = _decode(stage, raw, where, rid)
+            line = decode_utf8(stage, raw, where, rid)
             if line is None:
                 continue
             try:
