@@ -245,8 +245,10 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
     return PackPlan(pieces, final_row, row_lengths, cfg.seq_len, stats, dropped)
 
 
-def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int) -> pa.RecordBatch:
-    """Packed rows ``[row_lo, row_hi)`` as one record batch of ``PACKED_SCHEMA``."""
+def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int,
+                out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pa.RecordBatch:
+    """Packed rows ``[row_lo, row_hi)`` as one record batch of ``PACKED_SCHEMA``; ``out``:
+    int32 buffers (ids, labels, positions) of exactly the rows' token count to fill."""
     # pieces are sorted by row: the rows' pieces are one contiguous slice
     a, b = np.searchsorted(plan.row_of_piece, [row_lo, row_hi])
     item = plan.pieces.item[a:b]
@@ -261,12 +263,16 @@ def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int) -> 
     src = (store.item_start[item] + start).tolist()
     chunk = store.item_chunk[item].tolist()
     ends = [x + n for x, n in zip(src, lens.tolist(), strict=True)]
-    ids = np.concatenate([store.chunk_ids[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)] or [np.zeros(0, np.int32)])
-    labels = np.concatenate([store.chunk_labels[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)] or [np.zeros(0, np.int32)])
+    if out is None:
+        out = (np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.int32))
+    ids, labels, position_ids = out
+    if total:
+        np.concatenate([store.chunk_ids[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)], out=ids)
+        np.concatenate([store.chunk_labels[c][x:y] for c, x, y in zip(chunk, src, ends, strict=True)], out=labels)
     # a sample's first token never carries a label: its logits come from the previous sample
     labels[piece_off[:-1][lens > 0]] = IGNORE_INDEX
     # position ids restart at every piece: ones, minus the previous piece's length at each start, cumsum
-    position_ids = np.ones(total, np.int32)
+    position_ids.fill(1)
     if total:
         position_ids[0] = 0
         position_ids[piece_off[1:-1]] = 1 - lens[:-1]
@@ -299,5 +305,10 @@ def iter_row_batches(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int
                      rows_per_batch: int = 256) -> Iterator[pa.RecordBatch]:
     """Rows ``[row_lo, row_hi)`` in record batches of ``rows_per_batch`` rows: small blocks
     keep the working set in cache and let the allocator reuse memory."""
+    # one allocation per column for the whole range (large pages fault in fast), filled batch by batch
+    ends = np.concatenate([[0], np.cumsum(plan.row_lengths[row_lo:row_hi])])
+    bufs = [np.empty(int(ends[-1]), np.int32) for _ in range(3)]
     for lo in range(row_lo, row_hi, rows_per_batch):
-        yield gather_rows(store, plan, lo, min(row_hi, lo + rows_per_batch))
+        hi = min(row_hi, lo + rows_per_batch)
+        a, b = int(ends[lo - row_lo]), int(ends[hi - row_lo])
+        yield gather_rows(store, plan, lo, hi, (bufs[0][a:b], bufs[1][a:b], bufs[2][a:b]))

@@ -1,0 +1,1 @@
+"""A compact trainer for lcdata's packed shards (reads shards + manifest only)."""

@@ -1,0 +1,7 @@
+"""`python -m train DIR [--model=PATH] [--section.key=value ...]`"""
+
+import sys
+
+from train.train import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The trainer's config: one dataclass of sections, defaults on fields, ``--section.key=value``
+overrides, unknown keys are errors. Batch sizes are counted in tokens."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelCfg:
+    path: str = "models/smollm2-135m-instruct"  # a local Hugging Face causal-LM directory
+    attention: str = "packed_sdpa"  # packed_sdpa: causal SDPA per sample; masked_sdpa: one 4D block mask
+    autocast_bf16: bool = True  # bf16 autocast for matmuls; weights and optimizer stay float32
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class DataCfg:
+    order: str = "shuffle"  # shuffle (seeded, per epoch) | sequential | curriculum (shortest rows first)
+    seed: int = 0
+
+
+@dataclass
+class BatchCfg:
+    tokens_per_step: int = 8192  # nominal: rows per step = ceil(tokens_per_step / seq_len)
+
+
+@dataclass
+class OptimCfg:
+    lr: float = 2e-5
+    min_lr_ratio: float = 0.1  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 2
+    weight_decay: float = 0.0
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+
+
+@dataclass
+class LossCfg:
+    weighting: str = "token"  # token: mean over loss tokens of the step | sequence: LongAlign-style
+    chunk_tokens: int = 1024  # lm_head + cross-entropy in checkpointed chunks of target positions
+
+
+@dataclass
+class RunCfg:
+    steps: int = 10
+    out: str = "runs/train"
+    log_every: int = 1
+    save_every: int = 0  # 0: only at the end
+    seed: int = 0
+    resume: bool = True  # continue from OUT/checkpoint if it exists
+    export: bool = True  # write a Hugging Face directory at the end (OUT/final)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelCfg = field(default_factory=ModelCfg)
+    data: DataCfg = field(default_factory=DataCfg)
+    batch: BatchCfg = field(default_factory=BatchCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    run: RunCfg = field(default_factory=RunCfg)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def validate(self) -> None:
+        choices = {
+            "model.attention": (self.model.attention, ("packed_sdpa", "masked_sdpa")),
+            "data.order": (self.data.order, ("shuffle", "sequential", "curriculum")),
+            "loss.weighting": (self.loss.weighting, ("token", "sequence")),
+        }
+        for key, (v, ok) in choices.items():
+            if v not in ok:
+                raise ConfigError(f"`{key}` must be one of {', '.join(ok)}, got {v!r}")
+        for key, v in (("batch.tokens_per_step", self.batch.tokens_per_step), ("run.steps", self.run.steps),
+                       ("loss.chunk_tokens", self.loss.chunk_tokens)):
+            if v < 1:
+                raise ConfigError(f"`{key}` must be >= 1, got {v}")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _coerce(raw: str, typ: Any, key: str) -> Any:
+    typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ) if isinstance(typ, str) else typ
+    try:
+        if typ is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return typ(raw)
+    except ValueError:
+        raise ConfigError(f"`{key}`: cannot read {raw!r} as {getattr(typ, '__name__', typ)}") from None
+
+
+def apply_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """Set ``section.key`` values; strings are converted to the field's type."""
+    for key, value in overrides.items():
+        if "." not in key:
+            raise ConfigError(f"unknown key `{key}`: overrides look like --section.key=value")
+        section, name = key.split(".", 1)
+        sec = getattr(cfg, section, None)
+        if sec is None or not dataclasses.is_dataclass(sec):
+            raise ConfigError(f"unknown key `{key}`: no section `{section}` "
+                              f"(sections: {', '.join(f.name for f in dataclasses.fields(cfg))})")
+        hints = typing.get_type_hints(type(sec))
+        if name not in hints:
+            raise ConfigError(f"unknown key `{key}` (keys of `{section}`: {', '.join(hints)})")
+        setattr(sec, name, _coerce(value, hints[name], key) if isinstance(value, str) else value)
+    cfg.validate()
+    return cfg
+
+
+def parse_cli_overrides(args: list[str]) -> dict[str, str]:
+    out = {}
+    for a in args:
+        if not a.startswith("--") or "=" not in a:
+            raise ConfigError(f"cannot read argument {a!r}: overrides look like --section.key=value")
+        k, v = a[2:].split("=", 1)
+        out[k] = v
+    return out
+
+
+def load(path: Path) -> TrainConfig:
+    """A saved ``config.json`` (as written beside every checkpoint)."""
+    raw = json.loads(Path(path).read_text())
+    cfg = TrainConfig()
+    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in sec.items()}
+    return apply_overrides(cfg, flat)
