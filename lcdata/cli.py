@@ -118,6 +118,14 @@ def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -
     console.print(f"[green]ok[/]: every shard of {dir} matches its manifest")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train(ctx: typer.Context) -> None:
+    """Train on built shards: lcdata train DIR [DIR ...] [--model=PATH] [--section.key=value ...]"""
+    from train.train import main as train_main
+
+    raise typer.Exit(train_main(list(ctx.args)))
+
+
 @model_app.command("prepare")
 def model_prepare(
     out: Path = typer.Option(None, "--out", help="Target directory (default models/smollm2-135m-instruct)."),

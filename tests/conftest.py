@@ -48,3 +48,40 @@ def base_cfg(model_dir: Path):
         return raw
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, model_dir) -> Path:
+    """A 2-layer Llama with SmolLM2's tokenizer and a fixed random init (seed 0)."""
+    import shutil
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("tiny") / "tiny-llama"
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
+                      tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(model_dir / f, d / f)
+    return d
+
+
+@pytest.fixture(scope="session")
+def small_dataset(tmp_path_factory, model_dir) -> Path:
+    """A real built dataset with short rows (seq_len 512): one play, needles + kv tracking."""
+    from lcdata.build import build_local
+    from lcdata.config import parse_config
+
+    out = tmp_path_factory.mktemp("small") / "ds"
+    cfg = parse_config({
+        "model": str(model_dir),
+        "sources": [{"name": "sh", "kind": "shakespeare", "include": ["comedies/the-comedy-of-errors.md"]}],
+        "assemble": {"buckets": [512], "reserve_tokens": 128},
+        "tasks": [{"kind": "needles", "n_needles": 2, "n_queried": 1}, {"kind": "kv_tracking", "chain_len": 2}],
+        "pack": {"seq_len": 512},
+    })
+    build_local(cfg, out)
+    return out

@@ -56,6 +56,7 @@ class RunCfg:
     seed: int = 0
     resume: bool = True  # continue from OUT/checkpoint if it exists
     export: bool = True  # write a Hugging Face directory at the end (OUT/final)
+    stop_at: int = 0  # stop (with a checkpoint) after this step, as if interrupted; 0: run to `steps`
 
 
 @dataclass

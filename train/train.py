@@ -107,6 +107,10 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
             log(f"step {step + 1:>5}/{cfg.run.steps}  loss {rec['loss']:.4f}  lr {lr:.2e}  "
                 f"grad {grad_norm:.2f}  {rec['tokens_per_s']:,.0f} tok/s  peak {rec['peak_rss_mb']:,.0f} MB")
+        if cfg.run.stop_at and step + 1 == cfg.run.stop_at:
+            save_checkpoint(ckpt, model, opt, loader, step + 1, cfg)
+            log(f"stopped after step {step + 1} (run.stop_at); rerun the same command to resume")
+            return {"out": str(out), "checkpoint": str(ckpt), "history": history, "stopped": step + 1}
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.run.steps:
             save_checkpoint(ckpt, model, opt, loader, step + 1, cfg)
     save_checkpoint(ckpt, model, opt, loader, cfg.run.steps, cfg)
