@@ -192,3 +192,30 @@ def test_smollm2_smoke_run_via_cli(model_dir, small_dataset, tmp_path):
 
     m = AutoModelForCausalLM.from_pretrained(out / "final")
     assert m.config._attn_implementation in ("sdpa", "eager")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_process_data_parallel_matches_one_process(tiny_model_dir, small_dataset, tmp_path):
+    """torchrun with 2 CPU processes (gloo, 127.0.0.1): same losses as one process, same global batch."""
+    import os
+
+    args = [str(small_dataset), f"--model={tiny_model_dir}", "--model.autocast_bf16=false", "--run.steps=3",
+            "--batch.tokens_per_step=1024", "--optim.lr=1e-3", "--run.export=false"]
+    one = train([small_dataset], tiny_cfg(tiny_model_dir, tmp_path / "one", **{"run.steps": 3}), log=lambda *_: None)
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+                "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "train"]
+    p = subprocess.run([*torchrun, *args, f"--run.out={tmp_path / 'two'}"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in two] == pytest.approx([h["loss"] for h in one["history"]], abs=1e-5)
+    assert [r["tokens"] for r in two] == [h["tokens"] for h in one["history"]]

@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from train.adapters import trainable_state
+
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any, step: int,
                     cfg: Any) -> None:
@@ -26,7 +28,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
+    if all(p.requires_grad for p in model.parameters()):
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
+    else:  # an adapter: only what trains (small)
+        save_file(trainable_state(model), str(tmp / "model.safetensors"))
     torch.save(opt.state_dict(), tmp / "optimizer.pt")
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
     (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "loader": loader.state()}, indent=2) + "\n")
@@ -40,7 +45,15 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any) -> int:
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if all(p.requires_grad for p in model.parameters()):
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    else:
+        state = load_file(str(path / "model.safetensors"))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in trainable_state(model) if k not in state]
+    if missing:
+        raise ValueError(f"{path}: checkpoint lacks trainable weights ({missing[:3]}...); resume with the "
+                         "same model and adapter config, or start in a new run.out")
     if unexpected:
         raise ValueError(f"{path}: checkpoint has weights this model lacks ({unexpected[:3]}...); "
                          "resume with the same model and adapter config, or start in a new run.out")
@@ -55,13 +68,25 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jin
                    "generation_config.json")
 
 
-def export_hf(model: torch.nn.Module, base_dir: str | Path, out: Path) -> Path:
-    """A Hugging Face directory that transformers and vLLM load (standard attention)."""
+def export_hf(model: torch.nn.Module, base_dir: str | Path, out: Path, adapter: Any = None) -> Path:
+    """A Hugging Face directory that transformers and vLLM load (standard attention). With an
+    adapter, its small adapter-only files go to ``OUT/adapter`` too; LoRA is merged into the
+    export, Gated Memory (a new architecture) is exported as the adapter only."""
+    from train.adapters import save_adapter
+
+    if adapter is not None and adapter.kind != "none":
+        meta = ({"r": adapter.lora_r, "alpha": adapter.lora_alpha, "dropout": adapter.lora_dropout}
+                if adapter.kind == "lora" else {"memory_slots": adapter.memory_slots, "gate_init": adapter.gate_init})
+        save_adapter(model, out.parent / "adapter", adapter.kind, {"base_model": str(base_dir), **meta})
+        if adapter.kind == "gated_memory":
+            return out.parent / "adapter"
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
+        import copy
+
+        model = copy.deepcopy(model).merge_and_unload()
     impl = model.config._attn_implementation
     model.config._attn_implementation = "sdpa"
     try:

@@ -60,6 +60,16 @@ class RunCfg:
 
 
 @dataclass
+class AdapterCfg:
+    kind: str = "none"  # none (full fine-tuning) | lora | gated_memory (LIFT)
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    memory_slots: int = 16  # gated memory: learned key/value slots per KV head and layer
+    gate_init: float = -6.0  # gated memory: initial gate bias (sigmoid(-6) = 0.25 % memory)
+
+
+@dataclass
 class TrainConfig:
     model: ModelCfg = field(default_factory=ModelCfg)
     data: DataCfg = field(default_factory=DataCfg)
@@ -67,6 +77,7 @@ class TrainConfig:
     optim: OptimCfg = field(default_factory=OptimCfg)
     loss: LossCfg = field(default_factory=LossCfg)
     run: RunCfg = field(default_factory=RunCfg)
+    adapter: AdapterCfg = field(default_factory=AdapterCfg)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -76,6 +87,7 @@ class TrainConfig:
             "model.attention": (self.model.attention, ("packed_sdpa", "masked_sdpa")),
             "data.order": (self.data.order, ("shuffle", "sequential", "curriculum")),
             "loss.weighting": (self.loss.weighting, ("token", "sequence")),
+            "adapter.kind": (self.adapter.kind, ("none", "lora", "gated_memory")),
         }
         for key, (v, ok) in choices.items():
             if v not in ok:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 import sys
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import torch
 
+from train.adapters import GatedMemorySpec, add_gated_memory, add_lora
 from train.checkpoint import export_hf, load_checkpoint, save_checkpoint
 from train.config import ConfigError, TrainConfig, apply_overrides, parse_cli_overrides
 from train.data import DataError, Loader, PackedRows, Row
@@ -46,29 +48,71 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Dist:
+    """torchrun data parallel: each rank runs rows rank, rank+W, ... of every step and the
+    gradients are summed over ranks (the loss is already divided by the *global* denominator,
+    so the result equals one process running the whole step)."""
+
+    def __init__(self) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.on = self.world > 1
+        if self.on and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+
+    def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
+        if not self.on or not tensors:
+            return
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        torch.distributed.all_reduce(flat)
+        i = 0
+        for t in tensors:
+            t.copy_(flat[i:i + t.numel()].view_as(t))
+            i += t.numel()
+
+    def close(self) -> None:
+        if self.on and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
 def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
+    dist = Dist()
+    if dist.rank != 0:
+        log = _quiet
     out = Path(cfg.run.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
     rows = PackedRows(dirs)
     loader = Loader(rows, cfg.data.order, cfg.data.seed)
     rows_per_step = max(1, math.ceil(cfg.batch.tokens_per_step / rows.seq_len))
+    if rows_per_step < dist.world:
+        raise ConfigError(f"`batch.tokens_per_step` gives {rows_per_step} row(s) per step, fewer than the "
+                          f"{dist.world} processes: raise it to >= {dist.world * rows.seq_len}")
     log(f"data: {len(rows):,} packed rows of seq_len {rows.seq_len:,} from {len(dirs)} dataset(s), "
         f"fill {rows.fill():.2%} (padding-free: the trainer never pads)")
-    log(f"step: {rows_per_step} micro-batch(es) of 1 row = {rows_per_step * rows.seq_len:,} token slots, "
-        f"~{int(rows.lengths.mean() * rows_per_step):,} real tokens/step; {cfg.run.steps} steps "
-        f"= {cfg.run.steps * rows_per_step / len(rows):.2f} epochs")
+    log(f"step: {rows_per_step} micro-batch(es) of 1 row over {dist.world} process(es) = "
+        f"{rows_per_step * rows.seq_len:,} token slots, ~{int(rows.lengths.mean() * rows_per_step):,} real "
+        f"tokens/step; {cfg.run.steps} steps = {cfg.run.steps * rows_per_step / len(rows):.2f} epochs")
 
-    model = load_model(cfg.model.path, cfg.model.attention)
+    model = load_model(cfg.model.path, cfg.model.attention).to(dist.device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.train()
+    a = cfg.adapter
+    if a.kind == "lora":
+        model = add_lora(model, a.lora_r, a.lora_alpha, a.lora_dropout)
+    elif a.kind == "gated_memory":
+        model = add_gated_memory(model, GatedMemorySpec(a.memory_slots, a.gate_init), cfg.model.attention)
+    model.to(dist.device).train()
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"model: {cfg.model.path} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable params), "
-        f"attention {cfg.model.attention}, bf16 autocast {cfg.model.autocast_bf16}")
+        f"adapter {a.kind}, attention {cfg.model.attention}, bf16 autocast {cfg.model.autocast_bf16}, "
+        f"device {dist.device}")
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
-    (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+    if dist.rank == 0:
+        (out / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
 
     start_step = 0
     ckpt = out / "checkpoint"
@@ -76,50 +120,67 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         start_step = load_checkpoint(ckpt, model, opt, loader)
         log(f"resumed from {ckpt} at step {start_step}")
     log_path = out / "log.jsonl"
-    if start_step == 0:
+    if start_step == 0 and dist.rank == 0:
         log_path.write_text("")
     history: list[dict[str, Any]] = []
 
+    def save(step: int) -> None:
+        if dist.rank == 0:
+            save_checkpoint(ckpt, model, opt, loader, step, cfg)
+
     for step in range(start_step, cfg.run.steps):
         t0 = time.perf_counter()
-        batch = loader.next_rows(rows_per_step)
+        batch = loader.next_rows(rows_per_step)  # every rank reads the same step ...
         denom = max(1, step_denominator(batch, cfg.loss.weighting))
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        loss_sum, n_tokens = 0.0, 0
-        for row in batch:
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.model.autocast_bf16):
-                total, _ = packed_loss(model, row.input_ids, row.position_ids, row.labels, row.seq_lens,
-                                       cfg.loss.weighting, cfg.loss.chunk_tokens)
+        stats = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+        for row in batch[dist.rank::dist.world]:  # ... and runs its share of the rows
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.model.autocast_bf16):
+                total, _ = packed_loss(model, row.input_ids.to(dist.device), row.position_ids.to(dist.device),
+                                       row.labels.to(dist.device), row.seq_lens, cfg.loss.weighting,
+                                       cfg.loss.chunk_tokens)
             (total / denom).backward()
-            loss_sum += float(total.detach())
-            n_tokens += row.input_ids.shape[1]
+            stats += torch.tensor([float(total.detach()), row.input_ids.shape[1]], dtype=torch.float64)
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        dist.all_reduce_(grads + [stats])
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
-        rec = {"step": step + 1, "loss": loss_sum / denom, "lr": lr, "grad_norm": grad_norm, "tokens": n_tokens,
-               "tokens_per_s": n_tokens / dt, "seconds": dt, "peak_rss_mb": peak_rss_mb()}
+        rec = {"step": step + 1, "loss": float(stats[0]) / denom, "lr": lr, "grad_norm": grad_norm,
+               "tokens": int(stats[1]), "tokens_per_s": float(stats[1]) / dt, "seconds": dt,
+               "peak_rss_mb": peak_rss_mb()}
         history.append(rec)
-        with open(log_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        if dist.rank == 0:
+            with open(log_path, "a") as f:
+                f.write(json.dumps(rec) + "\n")
         if (step + 1) % cfg.run.log_every == 0 or step + 1 == cfg.run.steps:
             log(f"step {step + 1:>5}/{cfg.run.steps}  loss {rec['loss']:.4f}  lr {lr:.2e}  "
                 f"grad {grad_norm:.2f}  {rec['tokens_per_s']:,.0f} tok/s  peak {rec['peak_rss_mb']:,.0f} MB")
         if cfg.run.stop_at and step + 1 == cfg.run.stop_at:
-            save_checkpoint(ckpt, model, opt, loader, step + 1, cfg)
+            save(step + 1)
             log(f"stopped after step {step + 1} (run.stop_at); rerun the same command to resume")
+            dist.close()
             return {"out": str(out), "checkpoint": str(ckpt), "history": history, "stopped": step + 1}
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.run.steps:
-            save_checkpoint(ckpt, model, opt, loader, step + 1, cfg)
-    save_checkpoint(ckpt, model, opt, loader, cfg.run.steps, cfg)
+            save(step + 1)
+    save(cfg.run.steps)
     result: dict[str, Any] = {"out": str(out), "checkpoint": str(ckpt), "history": history}
-    if cfg.run.export:
-        result["final"] = str(export_hf(model, cfg.model.path, out / "final"))
-    plot_losses(log_path, out / "loss.png")
-    result["plot"] = str(out / "loss.png")
+    if dist.rank == 0:
+        if cfg.run.export:
+            result["final"] = str(export_hf(model, cfg.model.path, out / "final", cfg.adapter))
+        plot_losses(log_path, out / "loss.png")
+        result["plot"] = str(out / "loss.png")
+    dist.close()
     return result
+
+
+def _quiet(*args: Any) -> None:
+    pass
 
 
 def plot_losses(log_path: Path, png: Path) -> None:
