@@ -219,3 +219,33 @@ def test_two_process_data_parallel_matches_one_process(tiny_model_dir, small_dat
     two = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
     assert [r["loss"] for r in two] == pytest.approx([h["loss"] for h in one["history"]], abs=1e-5)
     assert [r["tokens"] for r in two] == [h["tokens"] for h in one["history"]]
+
+
+@pytest.fixture(scope="module")
+def long_dataset(tmp_path_factory, model_dir):
+    from lcdata.build import build_local
+    from lcdata.config import parse_config
+
+    out = tmp_path_factory.mktemp("long") / "ds"
+    build_local(parse_config({
+        "model": str(model_dir),
+        "sources": [{"name": "sh", "kind": "shakespeare", "include": ["comedies/twelfth-night.md"]}],
+        "assemble": {"buckets": [1536]}, "tasks": [{"kind": "needles"}], "pack": {"seq_len": 2048},
+    }), out)
+    return out
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.5])
+def test_long_short_mix_by_token_ratio(small_dataset, long_dataset, ratio):
+    rows = PackedRows([small_dataset, long_dataset])
+    loader = Loader(rows, "shuffle", 0, short_ratio=ratio, short_max_tokens=600)
+    picked = loader.next_rows(60)
+    short = sum(r.input_ids.shape[1] for r in picked if max(r.seq_lens) <= 600)
+    total = sum(r.input_ids.shape[1] for r in picked)
+    assert abs(short / total - ratio) < 0.05
+    # resumable: a loader restored from the state continues identically
+    again = Loader(rows, "shuffle", 0, short_ratio=ratio, short_max_tokens=600)
+    again.load_state(loader.state())
+    assert [r.seq_lens for r in again.next_rows(10)] == [r.seq_lens for r in loader.next_rows(10)]
+    with pytest.raises(DataError, match="needs short and long rows"):
+        Loader(PackedRows([small_dataset]), "shuffle", 0, short_ratio=ratio, short_max_tokens=600)

@@ -23,6 +23,8 @@ class ModelCfg:
 class DataCfg:
     order: str = "shuffle"  # shuffle (seeded, per epoch) | sequential | curriculum (shortest rows first)
     seed: int = 0
+    short_ratio: float = -1.0  # >= 0: share of tokens from short rows (long:short mix); -1: off
+    short_max_tokens: int = 2048  # a row is short when all its samples are at most this long
 
 
 @dataclass

@@ -94,42 +94,94 @@ class PackedRows:
 
         return Row(tens("input_ids"), tens("labels"), tens("position_ids"), self._cell(i, "seq_lens").tolist())
 
+    def row_seq_lens(self, i: int) -> list[int]:
+        return self._cell(i, "seq_lens").tolist()
+
     def fill(self) -> float:
         return float(self.lengths.sum() / (len(self) * self.seq_len))
 
 
-class Loader:
-    """Deterministic row order by (seed, epoch); ``state()``/``load_state()`` resume exactly."""
+class _Stream:
+    """One pool of rows in a deterministic per-epoch order."""
 
-    def __init__(self, rows: PackedRows, order: str, seed: int) -> None:
-        self.rows, self.order, self.seed = rows, order, seed
+    def __init__(self, rows: PackedRows, idx: np.ndarray, order: str, seed: int, pool: int) -> None:
+        self.rows, self.idx, self.order, self.seed, self.pool = rows, idx, order, seed, pool
         self.epoch, self.cursor = 0, 0
-        self._perm = self._permutation(0)
+        self.perm = self._permutation()
 
-    def _permutation(self, epoch: int) -> np.ndarray:
-        n = len(self.rows)
+    def _permutation(self) -> np.ndarray:
+        n = len(self.idx)
         if self.order == "sequential":
-            return np.arange(n)
+            return self.idx
         if self.order == "curriculum":
-            return np.lexsort((np.arange(n), self.rows.lengths))
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
+            return self.idx[np.lexsort((np.arange(n), self.rows.lengths[self.idx]))]
+        return self.idx[np.random.default_rng([self.seed, self.pool, self.epoch]).permutation(n)]
+
+    def next(self) -> int:
+        if self.cursor == len(self.perm):
+            self.epoch, self.cursor = self.epoch + 1, 0
+            self.perm = self._permutation()
+        self.cursor += 1
+        return int(self.perm[self.cursor - 1])
+
+    def state(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "cursor": self.cursor}
+
+    def load(self, st: dict[str, int]) -> None:
+        self.epoch, self.cursor = st["epoch"], st["cursor"]
+        self.perm = self._permutation()
+
+
+class Loader:
+    """Deterministic row order by (seed, epoch); ``state()``/``load_state()`` resume exactly.
+
+    With ``short_ratio``, rows whose samples are all ``<= short_max_tokens`` form a short
+    pool and the rest a long pool; each pick takes from the pool that keeps the running share
+    of short tokens closest to the ratio (the long:short mix against context-over-memory bias).
+    """
+
+    def __init__(self, rows: PackedRows, order: str, seed: int, short_ratio: float | None = None,
+                 short_max_tokens: int = 2048) -> None:
+        self.rows, self.seed, self.short_ratio = rows, seed, short_ratio
+        if short_ratio is None:
+            self.streams = [_Stream(rows, np.arange(len(rows)), order, seed, 0)]
+        else:
+            short = np.asarray([max(rows.row_seq_lens(i)) <= short_max_tokens for i in range(len(rows))])
+            if short.all() or not short.any():
+                kind = "short" if short.all() else "long"
+                raise DataError(f"data.short_ratio={short_ratio} needs short and long rows, but every row is {kind} "
+                                f"(short: all samples <= {short_max_tokens} tokens); give a dataset of each kind")
+            self.streams = [_Stream(rows, np.flatnonzero(~short), order, seed, 0),
+                            _Stream(rows, np.flatnonzero(short), order, seed, 1)]
+        self.tokens = [0, 0]  # long, short tokens served so far
+
+    def _pick(self) -> int:
+        if len(self.streams) == 1:
+            return 0
+        total = self.tokens[0] + self.tokens[1]
+        return 1 if total == 0 or self.tokens[1] / total < self.short_ratio else 0
 
     def next_rows(self, k: int) -> list[Row]:
         out = []
         for _ in range(k):
-            if self.cursor == len(self._perm):
-                self.epoch += 1
-                self.cursor = 0
-                self._perm = self._permutation(self.epoch)
-            out.append(self.rows.row(int(self._perm[self.cursor])))
-            self.cursor += 1
+            pool = self._pick()
+            i = self.streams[pool].next()
+            self.tokens[pool] += int(self.rows.lengths[i])
+            out.append(self.rows.row(i))
         return out
 
-    def state(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "cursor": self.cursor, "seed": self.seed}
+    @property
+    def epoch(self) -> int:
+        return self.streams[0].epoch
 
-    def load_state(self, st: dict[str, int]) -> None:
+    def state(self) -> dict[str, Any]:
+        return {"seed": self.seed, "streams": [s.state() for s in self.streams], "tokens": list(self.tokens)}
+
+    def load_state(self, st: dict[str, Any]) -> None:
         if st["seed"] != self.seed:
             raise DataError(f"checkpoint was made with data.seed={st['seed']}, config has {self.seed}")
-        self.epoch, self.cursor = st["epoch"], st["cursor"]
-        self._perm = self._permutation(self.epoch)
+        if len(st["streams"]) != len(self.streams):
+            raise DataError("checkpoint and config differ in data.short_ratio: resume with the same data config")
+        for s, x in zip(self.streams, st["streams"], strict=True):
+            s.load(x)
+        self.tokens = list(st["tokens"])

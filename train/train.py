@@ -85,7 +85,8 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
     rows = PackedRows(dirs)
-    loader = Loader(rows, cfg.data.order, cfg.data.seed)
+    mix = cfg.data.short_ratio if cfg.data.short_ratio >= 0 else None
+    loader = Loader(rows, cfg.data.order, cfg.data.seed, mix, cfg.data.short_max_tokens)
     rows_per_step = max(1, math.ceil(cfg.batch.tokens_per_step / rows.seq_len))
     if rows_per_step < dist.world:
         raise ConfigError(f"`batch.tokens_per_step` gives {rows_per_step} row(s) per step, fewer than the "
@@ -219,7 +220,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = apply_overrides(TrainConfig(), over)
         if not dirs:
             raise ConfigError("usage: lcdata train DIR [DIR ...] [--model=PATH] [--section.key=value ...]")
-        train(dirs, cfg)
+        from rich.console import Console
+
+        console = Console()
+        train(dirs, cfg, log=lambda msg: console.print(msg, markup=False, highlight=False))
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
