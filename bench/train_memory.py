@@ -1,7 +1,9 @@
 """Trainer memory and speed against row length: one training step of SmolLM2-135M at
 2K/4K/8K/16K tokens, each in a fresh process (peak RSS), packed_sdpa + gradient
-checkpointing + the target-only chunked loss.
-Run: `.venv/bin/python bench/train_memory.py [--lengths 2048 4096 8192 16384]`.
+checkpointing + the target-only chunked loss. Rows hold samples of a quarter of the row
+(attention cost grows with the samples), or of a fixed `--sample-len` (rows get longer with
+more samples of the same length: tokens/s should stay flat).
+Run: `.venv/bin/python bench/train_memory.py [--lengths ...] [--sample-len 2048]`.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, resource, sys, time, torch
 from train.model import load_model, packed_loss
-L = int(sys.argv[1]); n = 4  # four samples of L/4 tokens in one packed row
+L = int(sys.argv[1]); S = int(sys.argv[2]); n = max(1, L // S)  # samples of S tokens in one packed row
 torch.manual_seed(0)
 ids = torch.randint(0, 49152, (1, L)); lens = [L // n] * n
 pos = torch.cat([torch.arange(k) for k in lens])[None]
@@ -41,10 +43,12 @@ print(json.dumps({"len": L, "seconds": dt, "tokens_per_s": L / dt,
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
+    ap.add_argument("--sample-len", type=int, default=0, help="tokens per packed sample; 0: a quarter of the row")
     a = ap.parse_args()
     res = []
     for L in a.lengths:
-        p = subprocess.run([sys.executable, "-c", CHILD, str(L)], cwd=ROOT, capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-c", CHILD, str(L), str(a.sample_len or L // 4)], cwd=ROOT,
+                           capture_output=True, text=True)
         if p.returncode:
             print(p.stderr[-2000:])
             raise SystemExit(1)

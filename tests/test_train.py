@@ -249,3 +249,21 @@ def test_long_short_mix_by_token_ratio(small_dataset, long_dataset, ratio):
     assert [r.seq_lens for r in again.next_rows(10)] == [r.seq_lens for r in loader.next_rows(10)]
     with pytest.raises(DataError, match="needs short and long rows"):
         Loader(PackedRows([small_dataset]), "shuffle", 0, short_ratio=ratio, short_max_tokens=600)
+
+
+def test_sequence_weighting_is_mean_of_sample_means(tiny_model_dir, tok):
+    """LongAlign weighting: every sample counts once, whatever its number of loss tokens."""
+    enc, ids, labels, pos, lens = packed_row(tok)
+    model = load_model(tiny_model_dir).eval()
+    with torch.no_grad():
+        total, _ = packed_loss(model, ids, pos, labels, lens, "sequence", chunk=2)
+        means = []
+        for i, l in enc:
+            ti, li = torch.from_numpy(i.astype("int64"))[None], torch.from_numpy(l.astype("int64"))[None]
+            s, k = packed_loss(model, ti, torch.arange(len(i))[None], li, [len(i)], "token", chunk=2)
+            means.append(s.item() / k)
+    assert total.item() == pytest.approx(sum(means), rel=1e-5)
+    from train.train import step_denominator
+    from train.data import Row
+
+    assert step_denominator([Row(ids, labels, pos, lens)], "sequence") == len(lens)
