@@ -152,3 +152,20 @@ def test_pack_is_deterministic():
     a = gather_rows(store, plan_pack(store, PackConfig(seq_len=512), seed=3), 0, 10)
     b = gather_rows(store, plan_pack(store, PackConfig(seq_len=512), seed=3), 0, 10)
     assert a.equals(b)
+
+
+def test_native_and_numpy_gather_give_identical_rows(monkeypatch):
+    """The optional C copy loop and the numpy path produce the same bytes."""
+    from lcdata import native
+
+    if native.load() is None:
+        pytest.skip("no C compiler here: only the numpy path exists")
+    lengths = list(range(1, 400, 7)) * 3
+    store = TokenStore()
+    for k in range(3):  # several chunks, as from several tokenized files
+        store.add_batch(TokenStore.from_arrays(synthetic(lengths[k::3], seed=k)).batches[0])
+    plan = plan_pack(store, PackConfig(seq_len=512), seed=0)
+    fast = gather_rows(store, plan, 0, plan.n_rows)
+    monkeypatch.setattr(native, "_LIB", None)
+    slow = gather_rows(store, plan, 0, plan.n_rows)
+    assert fast.equals(slow)

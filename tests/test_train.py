@@ -263,7 +263,7 @@ def test_sequence_weighting_is_mean_of_sample_means(tiny_model_dir, tok):
             s, k = packed_loss(model, ti, torch.arange(len(i))[None], li, [len(i)], "token", chunk=2)
             means.append(s.item() / k)
     assert total.item() == pytest.approx(sum(means), rel=1e-5)
-    from train.train import step_denominator
     from train.data import Row
+    from train.train import step_denominator
 
     assert step_denominator([Row(ids, labels, pos, lens)], "sequence") == len(lens)

@@ -1,0 +1,51 @@
+"""An optional C kernel for the packer's copy loop, compiled once with the system C compiler
+and loaded with ctypes. Without a compiler (or with LCDATA_NO_NATIVE=1) the packer uses its
+numpy path, which gives identical bytes (a test checks both)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from pathlib import Path
+
+_SRC = Path(__file__).with_name("gather.c")
+_LIB: ctypes.CDLL | None | bool = False  # False: not tried yet
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata"))
+
+
+def load() -> ctypes.CDLL | None:
+    """The compiled kernel, or None where it cannot be had."""
+    global _LIB
+    if _LIB is not False:
+        return _LIB  # type: ignore[return-value]
+    _LIB = None
+    if os.environ.get("LCDATA_NO_NATIVE"):
+        return None
+    cc = shutil.which(os.environ.get("CC", "") or "cc") or shutil.which("gcc")
+    if not cc:
+        return None
+    src = _SRC.read_bytes()
+    tag = hashlib.sha256(src + (sysconfig.get_platform()).encode()).hexdigest()[:16]
+    so = _cache_dir() / f"gather-{tag}.so"
+    if not so.is_file():
+        so.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=so.parent) as d:
+            tmp = Path(d) / so.name
+            r = subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SRC)], capture_output=True)
+            if r.returncode != 0:
+                return None
+            os.replace(tmp, so)
+    lib = ctypes.CDLL(str(so))
+    p = ctypes.c_void_p
+    lib.lcdata_gather.argtypes = [ctypes.c_int64, p, p, p, p, p, p, p, p]
+    lib.lcdata_gather.restype = None
+    _LIB = lib
+    return lib
