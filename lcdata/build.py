@@ -16,6 +16,7 @@ Output directory::
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import shutil
@@ -31,6 +32,7 @@ from lcdata import __version__
 from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file, write_json
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
+from lcdata.engine import Engine
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
@@ -38,6 +40,7 @@ from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED
 from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
 from lcdata.stage import Lineage, RejectSink, StageStats
 from lcdata.tasks import TaskStage
+from lcdata.tasks.synth import SynthStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 log = logging.getLogger("lcdata")
@@ -90,6 +93,10 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     reader = ReadStage(cfg.read).bind(lineage, rejects)
     assembler = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(lineage, rejects)
     tasks = TaskStage(cfg.tasks, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
+    llm_tasks = [t for t in cfg.tasks if t.kind == "multihop"]
+    engine = Engine(cfg.engine, out / "cache" / shard.id) if llm_tasks else None
+    synth = [SynthStage(t, engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
+             for t in llm_tasks]
     tokenizer = TokenizeStage(tok, cfg.tokenize.loss_on, cfg.tokenize.batch_size).bind(lineage, rejects)
 
     train_w = ArrowWriter(out / "samples" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
@@ -101,7 +108,9 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         nonlocal n_eval
         buf: list[dict[str, Any]] = []
         ebuf: list[dict[str, Any]] = []
-        for s in tasks.run(assembler.run(read_shard(shard, src, reader))):
+        contexts = list(assembler.run(read_shard(shard, src, reader)))
+        made = itertools.chain(tasks.run(contexts), *(st.run(contexts) for st in synth))
+        for s in made:
             if s.purpose == PURPOSE_EVAL:
                 n_eval += 1
                 ebuf.append(s.to_row())
@@ -140,6 +149,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         "lineage": lineage.to_json(),
         "contexts": assembler.n_contexts,
         "eval_samples": n_eval,
+        "engine_requests": engine.calls if engine else 0,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(work / "stats.json", stats)
@@ -164,6 +174,7 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
     """Documents read = used + dropped by reason; samples made = packed + eval + dropped by reason."""
     read, asm = lineage.get("read", {}), lineage.get("assemble", {})
     tasks, tok = lineage.get("tasks", {}), lineage.get("tokenize", {})
+    synth = lineage.get("synthesize", {})
     sample_drops: dict[str, int] = {}
     for d in (tok.get("dropped", {}), dict(pack.dropped)):
         for k, v in d.items():
@@ -177,8 +188,10 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
             "rejected_at_read": read.get("dropped", {}),
         },
         "contexts": tasks.get("in", 0),
+        "synthesis": {"contexts": synth.get("in", 0), "made": synth.get("out", 0),
+                      "dropped": synth.get("dropped", {})},
         "samples": {
-            "made": tasks.get("out", 0),
+            "made": tasks.get("out", 0) + synth.get("out", 0),
             "packed": pack.out,
             "eval": eval_samples,
             "dropped": dict(sorted(sample_drops.items())),

@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from lcdata.engine import EngineConfig
+
 SourceKind = Literal[
     "text_dir", "jsonl", "parquet", "arrow", "hf_dataset", "code_repo",
     "shakespeare", "python_stdlib", "python_docs", "wikipedia",
@@ -103,7 +105,26 @@ class HotpotHaystackTask(_Strict):
     )
 
 
-TaskConfig = Annotated[NeedlesTask | KVTrackingTask | HotpotHaystackTask, Field(discriminator="kind")]
+class MultihopTask(_Strict):
+    """LLM-written multi-hop question over 2-4 distant chunks (needs the engine)."""
+
+    kind: Literal["multihop"] = "multihop"
+    per_context: int = Field(1, ge=0)
+    min_chunks: int = Field(2, ge=2, le=4)
+    max_chunks: int = Field(3, ge=2, le=4)
+    chunk_chars: int = Field(1200, ge=200, description="Size of each chunk shown to the model.")
+    min_distance_frac: float = Field(0.25, ge=0, lt=1, description="Minimum gap between chunks, as a fraction of the context.")
+    max_retries: int = Field(1, ge=0, description="Extra attempts for outputs that are not valid JSON.")
+    max_tokens: int = Field(384, ge=16)
+
+    @model_validator(mode="after")
+    def _chunks(self) -> MultihopTask:
+        if self.min_chunks > self.max_chunks:
+            raise ValueError("`min_chunks` must be <= `max_chunks`")
+        return self
+
+
+TaskConfig = Annotated[NeedlesTask | KVTrackingTask | HotpotHaystackTask | MultihopTask, Field(discriminator="kind")]
 
 
 class TokenizeConfig(_Strict):
@@ -139,6 +160,7 @@ class BuildConfig(_Strict):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")
     def _check(self) -> BuildConfig:

