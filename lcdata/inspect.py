@@ -42,11 +42,16 @@ def summarize(dir_: Path) -> dict[str, Any]:
     edges = sorted({0, *[top // 2**k for k in range(6, -1, -1)], top + 1})
     out["sample_length_hist"] = _hist(seq_lens.cast(pl.Float64), edges)
     if samples is not None:
-        s = samples.select("task", "split", "context_tokens", "evidence").collect()
+        s = samples.select("task", "split", "context_tokens", "context_chars", "evidence").collect()
         out["tasks"] = dict(s.group_by("task").len().sort("task").iter_rows())
         out["splits"] = dict(s.group_by("split").len().sort("split").iter_rows())
         depths = s.select(pl.col("evidence").explode().struct.field("depth")).drop_nulls()["depth"]
         out["evidence_depth_hist"] = _hist(depths.cast(pl.Float64), [i / 10 for i in range(10)] + [1.0001])
+        # distance between the first and the last evidence span, as a fraction of the context
+        starts = pl.col("evidence").list.eval(pl.element().struct.field("start"))
+        dist = s.filter(pl.col("evidence").list.len() >= 2).select(
+            ((starts.list.max() - starts.list.min()) / pl.col("context_chars")).alias("d"))["d"]
+        out["evidence_distance_hist"] = _hist(dist.cast(pl.Float64), [i / 10 for i in range(10)] + [1.0001])
     return out
 
 
@@ -77,6 +82,8 @@ def print_summary(info: dict[str, Any]) -> None:
     table("packed sample length (tokens)", info["sample_length_hist"], ("range", "samples"))
     if "evidence_depth_hist" in info:
         table("evidence depth (0 = start of context)", info["evidence_depth_hist"], ("depth", "spans"))
+        table("evidence distance, first to last span (fraction of context)", info["evidence_distance_hist"],
+              ("distance", "samples"))
     lin = info["lineage"]
     tb = Table(title="lineage and drop reasons", title_justify="left")
     for col in ("stage", "in", "out", "dropped"):

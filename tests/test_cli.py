@@ -70,9 +70,12 @@ def test_inspect_json_and_table(flow_build):
     info = json.loads(run(["inspect", str(out), "--json"], tmp).stdout)
     assert set(info["tasks"]) == {"needles", "kv_tracking"}
     assert sum(n for _, n in info["evidence_depth_hist"]) > 0
+    assert sum(n for _, n in info["evidence_distance_hist"]) > 0
+    # needles ask for 2 of 4 facts in distinct deciles: never in the same place
+    assert info["evidence_distance_hist"][0][1] < sum(n for _, n in info["evidence_distance_hist"])
     assert info["lineage"]["stages"]["pack"]["dropped"].get("mix_ratio", 0) >= 0
     text = run(["inspect", str(out)], tmp).stdout
-    for heading in ("task types", "packed sample length", "evidence depth", "drop reasons", "fill"):
+    for heading in ("task types", "packed sample length", "evidence depth", "evidence distance", "drop reasons", "fill"):
         assert heading in text
 
 
