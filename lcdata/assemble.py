@@ -130,29 +130,44 @@ class Assembler(Stage[Document, Context]):
         header_tokens = dict(zip(headers, self.tok.count(list(headers.values())), strict=True))
         sep_tokens = 1  # "\n\n" between parts of different documents
 
+        def cost(run: list[Piece]) -> int:
+            return sum(p.n_tokens + (header_tokens[p.doc.id] + sep_tokens
+                                     if i == 0 or run[i - 1].doc.id != p.doc.id else 0)
+                       for i, p in enumerate(run))
+
         target = self._target(rng)
         acc: list[Piece] = []
         acc_tokens = 0
         k = 0
-        for p in pieces:
+        queue = list(reversed(pieces))
+        while queue:
+            p = queue.pop()
             new_doc = not acc or acc[-1].doc.id != p.doc.id
-            cost = p.n_tokens + (header_tokens[p.doc.id] + sep_tokens if new_doc else 0)
-            if acc and acc_tokens + cost > target - self.cfg.reserve_tokens:
-                ctx = self._emit(acc, source, group, k, target, headers)
+            c = p.n_tokens + (header_tokens[p.doc.id] + sep_tokens if new_doc else 0)
+            if acc and acc_tokens + c > target - self.cfg.reserve_tokens:
+                ctx, n_used = self._emit(acc, source, group, k, target, headers)
                 if ctx is not None:
-                    used.update(x.doc.id for x in acc)
+                    used.update(x.doc.id for x in acc[:n_used])
                     k += 1
                     yield ctx
+                # pieces cut off by a token overshoot at the joins start the next context
+                queue.append(p)
+                queue.extend(reversed(acc[n_used:]))
                 target = self._target(rng)
                 acc, acc_tokens = [], 0
-                cost = p.n_tokens + header_tokens[p.doc.id] + sep_tokens
+                continue
             acc.append(p)
-            acc_tokens += cost
+            acc_tokens += c
         if acc:
-            ctx = self._emit(acc, source, group, k, target, headers)
-            if ctx is not None:
-                used.update(x.doc.id for x in acc)
-                yield ctx
+            while acc:
+                ctx, n_used = self._emit(acc, source, group, k, target, headers)
+                if ctx is not None:
+                    used.update(x.doc.id for x in acc[:n_used])
+                    k += 1
+                    yield ctx
+                acc = acc[n_used:]
+                if acc and cost(acc) < self.cfg.min_fill * (target - self.cfg.reserve_tokens):
+                    break  # a tail too short for a context
         for d in docs:
             if d.id in used:
                 self.stats.out += 1
@@ -164,7 +179,9 @@ class Assembler(Stage[Document, Context]):
                           {"id": d.id, "chars": len(d.text)})
 
     def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int,
-              headers: dict[str, str]) -> Context | None:
+              headers: dict[str, str]) -> tuple[Context | None, int]:
+        """The context made of the longest prefix of ``acc`` that fits, and that prefix's length
+        (all of ``acc`` when it is too short to make a context: those pieces are left out)."""
         chunks: list[str] = []
         parts: list[Part] = []
         pos = 0
@@ -185,9 +202,11 @@ class Assembler(Stage[Document, Context]):
         n_tokens = self.tok.count([text])[0]
         budget = target - self.cfg.reserve_tokens
         if n_tokens > budget and len(acc) > 1:
-            # token merges at joins can overshoot the piece sum by a few tokens: drop the last piece
+            # token merges at joins can overshoot the piece sum by a few tokens: leave the last
+            # piece for the next context
             return self._emit(acc[:-1], source, group, k, target, headers)
         if n_tokens < self.cfg.min_fill * budget:
-            return None
+            return None, len(acc)
         self.n_contexts += 1
-        return Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target)
+        ctx = Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target)
+        return ctx, len(acc)

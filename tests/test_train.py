@@ -110,8 +110,9 @@ def tiny_cfg(tiny_model_dir, out, **over):
 
 # Losses of the first 10 steps of the tiny model (fixed init, seed 0) on the small dataset,
 # float32, no autocast. Tolerance: 2e-3 absolute (CPU kernels differ slightly across ISAs).
-GOLDEN = [10.8121001, 10.7528020, 10.7106977, 10.5801117, 10.4959076, 10.4040436, 10.3194158, 10.3741669,
-          10.2420717, 10.2934949]
+# They also pin the data pipeline: a change in assembly, tasks or packing changes them.
+GOLDEN = [10.8302095, 10.6948251, 10.5723877, 10.5144479, 10.5076614, 10.3081194, 10.2362590, 10.3348902,
+          10.2357119, 10.2955894]
 
 
 def test_golden_losses(tiny_model_dir, small_dataset, tmp_path):
