@@ -94,3 +94,16 @@ def test_build_with_real_engine_and_resume_from_cache(model_dir, tmp_path):
     stats2 = [json.loads(p.read_text()) for p in sorted((out / "work").glob("*/stats.json"))]
     assert sum(x["engine_requests"] for x in stats2) == 0
     assert [x["sha256"] for x in m2["shards"]] == [x["sha256"] for x in m["shards"]]
+
+
+def test_evidence_by_line_label_is_exact(tok):
+    st, stats = stage(tok)
+    st.cfg = MultihopTask(min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3)
+    job = st._jobs([CTX])[0]
+    assert "[P1.1]" in job.messages[0]["content"] and "[P2.1]" in job.messages[0]["content"]
+    s = st._sample(job, {"question": "Q?", "answer": "A.", "evidence": ["[P1.2]", "P2.1", "P9.9"]})
+    assert s is not None and s.meta["grounding"] == ["label", "label"]
+    for e in s.evidence:
+        assert TEXT[e.start:e.end] == e.text and e.text.strip() == e.text and e.text
+    one = st._sample(job, {"question": "Q?", "answer": "A.", "evidence": ["P1.1", "P1.2"]})
+    assert one is None and stats.dropped["evidence_single_chunk"] == 1

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -24,7 +25,7 @@ from lcdata.stage import Stage
 from lcdata.tasks.base import line_start_near, make_sample
 from lcdata.tokenize import ChatTokenizer
 
-TEMPLATE_VERSION = "multihop.v1"
+TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
 SCHEMA = {
     "type": "object",
     "properties": {
@@ -61,6 +62,28 @@ class _Job:
     index: int
     chunks: list[tuple[int, int]]
     messages: list[dict[str, str]]
+    labels: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # "P1.3" -> (start, end, chunk)
+
+
+_LABEL = re.compile(r"^\[?\s*P\s*(\d+)\s*[.:]\s*(\d+)\s*\]?$", re.I)
+
+
+def label_lines(text: str, chunks: list[tuple[int, int]]) -> tuple[str, dict[str, tuple[int, int, int]]]:
+    """The passages with every non-empty line labelled ``[Pk.j]``, and each label's span in ``text``."""
+    blocks, labels = [], {}
+    for k, (a, b) in enumerate(chunks):
+        lines, j = [], 0
+        pos = a
+        for raw in text[a:b].split("\n"):
+            stripped = raw.strip()
+            if stripped:
+                j += 1
+                start = pos + raw.index(stripped)
+                labels[f"P{k + 1}.{j}"] = (start, start + len(stripped), k)
+                lines.append(f"[P{k + 1}.{j}] {stripped}")
+            pos += len(raw) + 1
+        blocks.append(f"Passage {k + 1}:\n" + "\n".join(lines))
+    return "\n\n".join(blocks), labels
 
 
 class SynthStage(Stage[Context, Sample]):
@@ -86,9 +109,9 @@ class SynthStage(Stage[Context, Sample]):
                               f"chars {self.cfg.min_distance_frac:.0%} apart; lower tasks.multihop.chunk_chars or "
                               "min_distance_frac, or use longer buckets", {"context": ctx.id})
                     continue
-                passages = "\n\n".join(f"[Passage {k + 1}]\n{ctx.text[a:b].strip()}" for k, (a, b) in enumerate(chunks))
+                passages, labels = label_lines(ctx.text, chunks)
                 prompt = tpl.format(n=len(chunks), source=ctx.source, passages=passages)
-                jobs.append(_Job(ctx, i, chunks, [{"role": "user", "content": prompt}]))
+                jobs.append(_Job(ctx, i, chunks, [{"role": "user", "content": prompt}], labels))
         return jobs
 
     def run(self, records: Iterable[Context]) -> Iterator[Sample]:
@@ -124,7 +147,13 @@ class SynthStage(Stage[Context, Sample]):
         text = j.ctx.text
         found: list[tuple[str, int, int, int, str]] = []  # (text, start, end, chunk, method)
         for ev in obj["evidence"]:
-            for k, (a, b) in enumerate(j.chunks):
+            m = _LABEL.match(str(ev).strip())
+            if m:  # a line label: its span is known exactly
+                hit = j.labels.get(f"P{int(m.group(1))}.{int(m.group(2))}")
+                if hit is not None and all(f[1] != hit[0] for f in found):
+                    found.append((text[hit[0]:hit[1]], hit[0], hit[1], hit[2], "label"))
+                continue
+            for k, (a, b) in enumerate(j.chunks):  # a quoted sentence: ground it
                 g = ground(str(ev), text, a, b)
                 if g is not None:
                     found.append((text[g.start:g.end], g.start, g.end, k, g.method))
