@@ -25,7 +25,6 @@ from safetensors.torch import load_file, save_file
 
 from train.model import masked_sdpa, packed_sdpa
 
-GM_PREFIX = "gm_"
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

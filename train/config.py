@@ -4,10 +4,8 @@ overrides, unknown keys are errors. Batch sizes are counted in tokens."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 
@@ -144,11 +142,3 @@ def parse_cli_overrides(args: list[str]) -> dict[str, str]:
         k, v = a[2:].split("=", 1)
         out[k] = v
     return out
-
-
-def load(path: Path) -> TrainConfig:
-    """A saved ``config.json`` (as written beside every checkpoint)."""
-    raw = json.loads(Path(path).read_text())
-    cfg = TrainConfig()
-    flat = {f"{s}.{k}": v for s, sec in raw.items() for k, v in sec.items()}
-    return apply_overrides(cfg, flat)

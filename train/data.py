@@ -43,6 +43,7 @@ class PackedRows:
         self.tables: list[pa.Table] = []
         self.manifests: list[dict[str, Any]] = []
         where: list[tuple[int, int, int]] = []  # (table, batch, row in batch)
+        lengths: list[np.ndarray] = []
         for d in dirs:
             d = Path(d)
             try:
@@ -71,11 +72,12 @@ class PackedRows:
                 self.tables.append(t)
                 for bi, chunk in enumerate(t.column("input_ids").chunks):
                     where.extend((ti, bi, r) for r in range(len(chunk)))
+                    lengths.append(np.diff(chunk.offsets.to_numpy()))
         if not where:
             raise DataError(f"no rows in {', '.join(map(str, dirs))}")
         self.where = np.asarray(where, dtype=np.int64)
         self.seq_len = max(m["seq_len"] for m in self.manifests)
-        self.lengths = np.asarray([self._len(i) for i in range(len(self.where))], dtype=np.int64)
+        self.lengths = np.concatenate(lengths).astype(np.int64)
 
     def __len__(self) -> int:
         return len(self.where)
@@ -83,10 +85,6 @@ class PackedRows:
     def _cell(self, i: int, col: str) -> np.ndarray:
         t, b, r = self.where[i]
         return self.tables[t].column(col).chunk(int(b))[int(r)].values.to_numpy(zero_copy_only=False)
-
-    def _len(self, i: int) -> int:
-        t, b, r = self.where[i]
-        return len(self.tables[t].column("input_ids").chunk(int(b))[int(r)].values)
 
     def row(self, i: int) -> Row:
         def tens(col: str) -> torch.Tensor:
