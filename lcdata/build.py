@@ -6,6 +6,7 @@ Output directory::
     OUT/config.yaml               the resolved config
     OUT/samples/<shard>.arrow     Sample records made for training (messages, evidence, sources)
     OUT/eval/<shard>.arrow        Sample records for evaluation only (never packed)
+    OUT/contexts/<shard>.arrow    the assembled contexts (what evidence offsets point into)
     OUT/rejects/<stage>.arrow     every dropped record with stage, reason code and message
     OUT/work/<shard>/             tokenized samples + stats + _DONE marker (resume)
     OUT/shards/shard-00000.arrow  packed rows (PACKED_SCHEMA)
@@ -36,11 +37,16 @@ from lcdata.engine import Engine
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
-from lcdata.schema import PURPOSE_EVAL, SAMPLE_SCHEMA, SCHEMA_VERSION, TOKENIZED_SCHEMA
+from lcdata.schema import (
+    CONTEXT_SCHEMA,
+    PURPOSE_EVAL,
+    SAMPLE_SCHEMA,
+    SCHEMA_VERSION,
+    TOKENIZED_SCHEMA,
+)
 from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
 from lcdata.stage import Lineage, RejectSink, StageStats
-from lcdata.tasks import TaskStage
-from lcdata.tasks.synth import SynthStage
+from lcdata.tasks import LLM_STAGES, TaskStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 log = logging.getLogger("lcdata")
@@ -93,15 +99,17 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     reader = ReadStage(cfg.read).bind(lineage, rejects)
     assembler = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(lineage, rejects)
     tasks = TaskStage(cfg.tasks, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
-    llm_tasks = [t for t in cfg.tasks if t.kind == "multihop"]
+    llm_tasks = [t for t in cfg.tasks if t.kind in LLM_STAGES]
+    # one Engine (request cache) per shard; the vLLM backend behind it is shared by the process
     engine = Engine(cfg.engine, out / "cache" / shard.id) if llm_tasks else None
-    synth = [SynthStage(t, engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
+    synth = [LLM_STAGES[t.kind](t, engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
              for t in llm_tasks]
     tokenizer = TokenizeStage(tok, cfg.tokenize.loss_on, cfg.tokenize.batch_size).bind(lineage, rejects)
 
     train_w = ArrowWriter(out / "samples" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
     eval_w = ArrowWriter(out / "eval" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
     tok_w = ArrowWriter(work / "tokenized.arrow", TOKENIZED_SCHEMA)
+    ctx_w = ArrowWriter(out / "contexts" / f"{shard.id}.arrow", CONTEXT_SCHEMA)
     n_eval = 0
 
     def train_samples():  # noqa: ANN202 - a generator feeding the tokenizer
@@ -109,6 +117,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         buf: list[dict[str, Any]] = []
         ebuf: list[dict[str, Any]] = []
         contexts = list(assembler.run(read_shard(shard, src, reader)))
+        ctx_w.write_rows([c.to_row() for c in contexts])
         made = itertools.chain(tasks.run(contexts), *(st.run(contexts) for st in synth))
         for s in made:
             if s.purpose == PURPOSE_EVAL:
@@ -126,7 +135,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         train_w.write_rows(buf)
         eval_w.write_rows(ebuf)
 
-    writers = [train_w, eval_w, tok_w]
+    writers = [train_w, eval_w, tok_w, ctx_w]
     try:
         rows: list[dict[str, Any]] = []
         for t in tokenizer.run(train_samples()):
@@ -174,7 +183,8 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
     """Documents read = used + dropped by reason; samples made = packed + eval + dropped by reason."""
     read, asm = lineage.get("read", {}), lineage.get("assemble", {})
     tasks, tok = lineage.get("tasks", {}), lineage.get("tokenize", {})
-    synth = lineage.get("synthesize", {})
+    synth_stages = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith("synthesize.")}
+    made_llm = sum(v.get("out", 0) for v in synth_stages.values())
     sample_drops: dict[str, int] = {}
     for d in (tok.get("dropped", {}), dict(pack.dropped)):
         for k, v in d.items():
@@ -188,10 +198,11 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
             "rejected_at_read": read.get("dropped", {}),
         },
         "contexts": tasks.get("in", 0),
-        "synthesis": {"contexts": synth.get("in", 0), "made": synth.get("out", 0),
-                      "dropped": synth.get("dropped", {})},
+        # per LLM task: samples planned = made + dropped by reason
+        "synthesis": {k: {"planned": v.get("in", 0), "made": v.get("out", 0), "dropped": v.get("dropped", {})}
+                      for k, v in synth_stages.items()},
         "samples": {
-            "made": tasks.get("out", 0) + synth.get("out", 0),
+            "made": tasks.get("out", 0) + made_llm,
             "packed": pack.out,
             "eval": eval_samples,
             "dropped": dict(sorted(sample_drops.items())),
@@ -241,6 +252,7 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         "lineage": _lineage_totals(lineage.to_json(), eval_samples, plan.stats),
         "samples_files": sorted(f"samples/{p.name}" for p in (out / "samples").glob("*.arrow")),
         "eval_files": sorted(f"eval/{p.name}" for p in (out / "eval").glob("*.arrow")),
+        "contexts_files": sorted(f"contexts/{p.name}" for p in (out / "contexts").glob("*.arrow")),
         "config": dump_config(cfg),
     }
     write_json(out / MANIFEST, manifest)

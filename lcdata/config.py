@@ -124,7 +124,69 @@ class MultihopTask(_Strict):
         return self
 
 
-TaskConfig = Annotated[NeedlesTask | KVTrackingTask | HotpotHaystackTask | MultihopTask, Field(discriminator="kind")]
+class CompareTask(_Strict):
+    """LLM-written comparison of two distant sections of the context (needs the engine)."""
+
+    kind: Literal["compare"] = "compare"
+    per_context: int = Field(1, ge=0)
+    chunk_chars: int = Field(1200, ge=200, description="Size of each section shown to the model.")
+    min_distance_frac: float = Field(0.3, ge=0, lt=1, description="Minimum gap between the two sections.")
+    max_retries: int = Field(1, ge=0)
+    max_tokens: int = Field(384, ge=16)
+
+
+class SummaryTask(_Strict):
+    """Global summary, map-reduce: one summary per section, then one of the whole (needs the engine)."""
+
+    kind: Literal["summary"] = "summary"
+    per_context: int = Field(1, ge=0, le=1, description="0 or 1: one summary per context.")
+    sections: int = Field(4, ge=1, description="Minimum number of sections summarized separately.")
+    max_section_chars: int = Field(6000, ge=500, description="More sections are used when they would exceed this.")
+    max_retries: int = Field(1, ge=0)
+    max_tokens: int = Field(256, ge=16)
+
+
+class LiftTask(_Strict):
+    """LIFT (Long Input Fine-Tuning): overlapping segments of each context, memorization samples
+    (continue the text from the overlap), and QA per segment asked closed-book and/or with the
+    full long input (the contextualized variant). QA needs the engine; memorization does not."""
+
+    kind: Literal["lift"] = "lift"
+    segment_tokens: int = Field(512, ge=32, description="Segment length in tokens.")
+    stride_tokens: int = Field(384, ge=16, description="Start-to-start distance; segment - stride tokens overlap.")
+    max_qa_segments: int | None = Field(None, ge=1, description="Segments per context that get QA (evenly "
+                                        "spaced); None = all. Memorization always covers every segment.")
+    memorize: bool = True
+    qa_per_segment: int = Field(1, ge=0, le=4)
+    closed_book: bool = Field(True, description="Ask each QA without the context (LIFT's auxiliary task).")
+    contextualized: bool = Field(True, description="Ask each QA with the full long input too.")
+    max_retries: int = Field(1, ge=0)
+    max_tokens: int = Field(384, ge=16)
+
+    @model_validator(mode="after")
+    def _stride(self) -> LiftTask:
+        if self.stride_tokens > self.segment_tokens:
+            raise ValueError(f"`stride_tokens` ({self.stride_tokens}) must be <= `segment_tokens` ({self.segment_tokens})"
+                             ": segments must overlap or touch")
+        return self
+
+
+class ShortQATask(_Strict):
+    """The QA generator on short windows of the context: the short half of a long:short mix."""
+
+    kind: Literal["short_qa"] = "short_qa"
+    per_context: int = Field(1, ge=0, le=10, description="Windows per context, at distinct depth deciles.")
+    window_tokens: int = Field(1024, ge=64, le=2048, description="Window length (<= 2048: a short sample).")
+    qa_per_window: int = Field(1, ge=1, le=4)
+    max_retries: int = Field(1, ge=0)
+    max_tokens: int = Field(384, ge=16)
+
+
+TaskConfig = Annotated[
+    NeedlesTask | KVTrackingTask | HotpotHaystackTask | MultihopTask | CompareTask | SummaryTask | LiftTask | ShortQATask,
+    Field(discriminator="kind"),
+]
+LLM_TASKS = ("multihop", "compare", "summary", "lift", "short_qa")
 
 
 class TokenizeConfig(_Strict):
@@ -169,6 +231,13 @@ class BuildConfig(_Strict):
             raise ValueError(f"source names must be unique, got {names}")
         if not self.sources:
             raise ValueError("`sources` must list at least one source")
+        llm = [t.kind for t in self.tasks if t.kind in LLM_TASKS]
+        if len(set(llm)) != len(llm):
+            raise ValueError(f"each LLM task kind may be listed once in `tasks`, got {llm}: merge the entries")
+        for t in self.tasks:
+            if t.kind == "short_qa" and t.window_tokens > self.assemble.short_max_tokens:
+                raise ValueError(f"`short_qa.window_tokens` ({t.window_tokens}) exceeds `assemble.short_max_tokens` "
+                                 f"({self.assemble.short_max_tokens}): its samples would not count as short")
         if max(self.assemble.buckets) > self.pack.seq_len:
             raise ValueError(
                 f"the largest bucket ({max(self.assemble.buckets)}) exceeds `pack.seq_len` "

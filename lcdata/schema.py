@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: evidence token offsets; context_message -1 (closed-book samples)
 IGNORE_INDEX = -100  # label value that carries no loss (PyTorch / transformers convention)
 
 # Split of a sample in the long:short mix.
@@ -135,7 +135,10 @@ MESSAGE_TYPE = pa.struct(
     [pa.field("role", pa.string(), nullable=False), pa.field("content", pa.large_string(), nullable=False)]
 )
 # Offsets of SOURCE and EVIDENCE are into the context text; the context sits verbatim in
-# messages[context_message].content starting at char context_offset.
+# messages[context_message].content starting at char context_offset. context_message is -1
+# when the sample does not carry its context (LIFT closed-book QA and memorization): offsets
+# then refer to context `context_id`, written to OUT/contexts/. Evidence token offsets count
+# tokens of the context text tokenized alone (no chat template), end exclusive.
 SOURCE_TYPE = PART_TYPE
 EVIDENCE_TYPE = pa.struct(
     [
@@ -143,6 +146,8 @@ EVIDENCE_TYPE = pa.struct(
         pa.field("start", pa.int64(), nullable=False),
         pa.field("end", pa.int64(), nullable=False),
         pa.field("depth", pa.float32(), nullable=False),  # start / len(context), in [0, 1]
+        pa.field("token_start", pa.int32(), nullable=False),
+        pa.field("token_end", pa.int32(), nullable=False),
     ]
 )
 
@@ -172,6 +177,8 @@ class Evidence:
     start: int
     end: int
     depth: float
+    token_start: int = 0
+    token_end: int = 0
 
     def to_row(self) -> dict[str, Any]:
         return self.__dict__.copy()
@@ -194,6 +201,9 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def context_text(self) -> str:
+        """The context as it sits in the messages ("" for samples that do not carry it)."""
+        if self.context_message < 0:
+            return ""
         content = self.messages[self.context_message]["content"]
         return content[self.context_offset : self.context_offset + self.context_chars]
 

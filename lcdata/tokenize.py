@@ -59,6 +59,7 @@ class ChatTokenizer:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
         self._template = env.from_string(template)
         self.special = {k: cfg.get(k) for k in ("bos_token", "eos_token", "pad_token")}
+        self._off_cache: tuple[str | None, np.ndarray] = (None, np.zeros((0, 2), np.int64))
 
     def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,
@@ -69,6 +70,25 @@ class ChatTokenizer:
         if not texts:
             return []
         return [len(e.ids) for e in self.tokenizer.encode_batch(texts, add_special_tokens=False)]
+
+    def token_spans(self, text: str, spans: Sequence[tuple[int, int]]) -> tuple[int, list[tuple[int, int]]]:
+        """The token count of ``text`` and, per char span, the tokens it touches ``[first, end)``:
+        the first token ending after the span's start, up to the first starting at or after its end."""
+        off = self.offsets(text)
+        out = [(int(np.searchsorted(off[:, 1], a, "right")), int(np.searchsorted(off[:, 0], b, "left")))
+               for a, b in spans]
+        return len(off), out
+
+    def offsets(self, text: str) -> np.ndarray:
+        """``(n_tokens, 2)`` char offsets of the tokens of ``text``; the last text's are kept, since
+        tasks ask about one context many times in a row."""
+        cached = self._off_cache  # one read: build threads share this tokenizer
+        if cached[0] is text or cached[0] == text:
+            return cached[1]
+        enc = self.tokenizer.encode(text, add_special_tokens=False)
+        arr = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        self._off_cache = (text, arr)
+        return arr
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False).ids

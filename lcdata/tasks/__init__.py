@@ -8,8 +8,16 @@ from typing import Any
 
 from lcdata.schema import Context, Sample
 from lcdata.stage import Stage
+from lcdata.tasks.lift import LiftStage, ShortQAStage
 from lcdata.tasks.programmatic import run_tasks
+from lcdata.tasks.synth import CompareStage, LLMStage, MultihopStage, SummaryStage
 from lcdata.tokenize import ChatTokenizer
+
+# LLM task kind -> its stage (each needs the engine; lineage under ``synthesize.<kind>``)
+LLM_STAGES: dict[str, type[LLMStage]] = {
+    "multihop": MultihopStage, "compare": CompareStage, "summary": SummaryStage,
+    "lift": LiftStage, "short_qa": ShortQAStage,
+}
 
 
 class TaskStage(Stage[Context, Sample]):

@@ -86,31 +86,65 @@ def spread_depths(rng: random.Random, n: int, lo: float = 0.02, hi: float = 0.98
     return sorted(min(hi, max(lo, (d + rng.random()) / 10)) for d in deciles)
 
 
-def make_sample(
-    *, task: str, index: int, ctx: Context, text: str, parts: list[Part], question: str, answer: str,
-    evidence: list[Inserted] | list[tuple[str, int, int]], n_tokens: int, short_max_tokens: int,
-    purpose: str = PURPOSE_TRAIN, meta: dict[str, Any] | None = None,
-) -> Sample:
-    user = DOC_OPEN + text + DOC_CLOSE + question
-    ev = []
-    for e in evidence:
-        t, s, end = (e.text, e.start, e.end) if isinstance(e, Inserted) else e
+def clip_parts(parts: list[Part], a: int, b: int, rebase: bool = False) -> list[Part]:
+    """The parts overlapping ``[a, b)`` of a context, clipped to it; offsets stay in the
+    context, or start at 0 at ``a`` with ``rebase`` (the slice becomes a context of its own)."""
+    out = []
+    shift = a if rebase else 0
+    for p in parts:
+        s, e = max(a, p.ctx_start), min(b, p.ctx_end)
+        if s < e:
+            off = s - p.ctx_start
+            out.append(Part(p.doc_id, s - shift, e - shift, p.doc_start + off, p.doc_start + off + (e - s)))
+    return out
+
+
+def slice_parts(parts: list[Part], a: int, b: int) -> list[Part]:
+    return clip_parts(parts, a, b, rebase=True)
+
+
+def make_evidence(tok: Any, text: str, evidence: list[Inserted] | list[tuple[str, int, int]]) -> tuple[int, list[Evidence]]:
+    """Evidence records with char and token offsets and depth; and the token count of ``text``."""
+    spans = [(e.text, e.start, e.end) if isinstance(e, Inserted) else e for e in evidence]
+    for t, s, end in spans:
         assert text[s:end] == t, "evidence offsets must point at the evidence text"
-        ev.append(Evidence(t, s, end, round(s / max(1, len(text)), 6)))
+    n_tokens, tspans = tok.token_spans(text, [(s, end) for _, s, end in spans])
+    ev = [Evidence(t, s, end, round(s / max(1, len(text)), 6), ts, te)
+          for (t, s, end), (ts, te) in zip(spans, tspans, strict=True)]
+    return n_tokens, ev
+
+
+def make_sample(
+    *, task: str, index: int | str, ctx: Context, text: str, parts: list[Part], question: str, answer: str,
+    evidence: list[Inserted] | list[tuple[str, int, int]], tok: Any, short_max_tokens: int,
+    purpose: str = PURPOSE_TRAIN, meta: dict[str, Any] | None = None, with_context: bool = True,
+) -> Sample:
+    """A question over ``text`` (the context, possibly with inserted facts) and its answer.
+
+    ``with_context=False`` makes a closed-book sample (LIFT): the question is asked alone,
+    ``context_message`` is -1 and the offsets refer to context ``ctx.id``."""
+    n_tokens, ev = make_evidence(tok, text, evidence)
+    meta = dict(meta or {})
+    if len(ev) >= 2:  # how far apart the facts are: first to last evidence span
+        first, last = min(ev, key=lambda e: e.start), max(ev, key=lambda e: e.start)
+        meta["distance_tokens"] = last.token_start - first.token_start
+        meta["distance_frac"] = round((last.start - first.start) / max(1, len(text)), 6)
+    user = DOC_OPEN + text + DOC_CLOSE + question if with_context else question
+    prompt_tokens = n_tokens if with_context else tok.count([user])[0]
     return Sample(
         id=f"{task}:{ctx.id}:{index}",
         task=task,
         messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
-        split=SPLIT_SHORT if n_tokens <= short_max_tokens else SPLIT_LONG,
+        split=SPLIT_SHORT if prompt_tokens <= short_max_tokens else SPLIT_LONG,
         purpose=purpose,
         context_id=ctx.id,
-        context_message=0,
-        context_offset=len(DOC_OPEN),
+        context_message=0 if with_context else -1,
+        context_offset=len(DOC_OPEN) if with_context else 0,
         context_chars=len(text),
         context_tokens=n_tokens,
         sources=parts,
         evidence=ev,
-        meta=meta or {},
+        meta=meta,
     )
 
 

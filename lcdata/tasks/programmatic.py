@@ -24,10 +24,6 @@ from lcdata.tasks.base import WORDS, depth_positions, insert_texts, make_sample,
 from lcdata.tokenize import ChatTokenizer
 
 
-def _count(tok: ChatTokenizer, text: str) -> int:
-    return tok.count([text])[0]
-
-
 def needles(cfg: NeedlesTask, ctx: Context, index: int, rng: random.Random, tok: ChatTokenizer,
             short_max: int) -> Sample:
     keys = rng.sample(WORDS, cfg.n_needles)
@@ -49,7 +45,7 @@ def needles(cfg: NeedlesTask, ctx: Context, index: int, rng: random.Random, tok:
     evidence = [(facts[i], by_tag[i].start, by_tag[i].start + len(facts[i])) for i in queried]
     return make_sample(
         task="needles", index=index, ctx=ctx, text=text, parts=parts, question=question, answer=answer,
-        evidence=evidence, n_tokens=_count(tok, text), short_max_tokens=short_max, purpose=cfg.purpose,
+        evidence=evidence, tok=tok, short_max_tokens=short_max, purpose=cfg.purpose,
         meta={"keys": keys, "values": values, "queried": queried, "depths": [by_tag[i].start / len(text) for i in range(len(keys))]},
     )
 
@@ -93,7 +89,7 @@ def kv_tracking(cfg: KVTrackingTask, ctx: Context, index: int, rng: random.Rando
     evidence = [(x.text.rstrip("\n"), x.start, x.start + len(x.text.rstrip("\n"))) for x in chain_ins]
     return make_sample(
         task="kv_tracking", index=index, ctx=ctx, text=text, parts=parts, question=question, answer=answer,
-        evidence=evidence, n_tokens=_count(tok, text), short_max_tokens=short_max, purpose=cfg.purpose,
+        evidence=evidence, tok=tok, short_max_tokens=short_max, purpose=cfg.purpose,
         meta={"value": value, "chain": names, "distractors": [c[1] for c in chains[1:]]},
     )
 
@@ -162,7 +158,7 @@ def hotpot_haystack(cfg: HotpotHaystackTask, ctx: Context, index: int, rng: rand
     evidence.sort(key=lambda e: e[1])
     return make_sample(
         task="hotpot_haystack", index=index, ctx=ctx, text=text, parts=parts, question=row["question"].strip(),
-        answer=str(row["answer"]).strip(), evidence=evidence, n_tokens=_count(tok, text),
+        answer=str(row["answer"]).strip(), evidence=evidence, tok=tok,
         short_max_tokens=short_max, purpose=cfg.purpose,
         meta={"qa_id": row.get("_id", ""), "qa_source": str(pool.path.name), "answer": row["answer"],
               "support_depths": [by_title[t].start / len(text) for t in support_titles],

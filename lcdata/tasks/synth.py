@@ -1,19 +1,27 @@
-"""LLM-synthesized long-range samples (vLLM engine): multi-hop questions across distant chunks.
+"""LLM-synthesized samples (vLLM engine): the job loop shared by every LLM task, and the
+tasks that read distant parts of one context: multi-hop questions, section-to-section
+comparisons and map-reduce global summaries. LIFT segment QA, memorization and short-window
+QA live in ``lcdata.tasks.lift``.
 
-For each context, 2-4 chunks are taken at distinct depth deciles and at least
-``min_distance_frac`` of the context apart; the model sees only those chunks and writes a
-question needing all of them, its answer and one verbatim evidence sentence per chunk. The
-sample then asks the question over the *whole* context. Evidence is grounded back into the
-context (exact, normalised, fuzzy); a sample is dropped with a reason when its JSON is bad
-after the retry budget, or its evidence cannot be located in at least two distinct chunks.
+A task plans *jobs* (one prompt each, a JSON schema, a template version) per context; the
+stage sends every pending job of a shard to the engine in one batched call per round, parses
+the JSON, retries bad outputs within a budget, and hands good ones to the job's handler,
+which returns samples and/or follow-up jobs (summary: sections first, then the whole).
+
+Accounting: ``in`` counts the samples a task planned, ``out`` those made, and every planned
+sample not made is dropped once with a reason (no_room, bad_json, evidence_not_found,
+evidence_single_chunk, missing_qa, ambiguous_anchor, empty_output, degenerate_output), so in == out + dropped.
+Evidence is grounded back into the context: a line label maps to its exact span, a quoted
+sentence is located exactly, normalised or fuzzily; unlocated evidence is never kept.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -26,20 +34,40 @@ from lcdata.tasks.base import line_start_near, make_sample
 from lcdata.tokenize import ChatTokenizer
 
 TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
+_EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 6}
 SCHEMA = {
     "type": "object",
     "properties": {
         "question": {"type": "string", "maxLength": 300},
         "answer": {"type": "string", "maxLength": 200},
-        "evidence": {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 4},
+        "evidence": {**_EVIDENCE, "maxItems": 4},
     },
     "required": ["question", "answer", "evidence"],
     "additionalProperties": False,
 }
+COMPARE_SCHEMA = {  # one field per passage: the small model keeps them apart better than in one text
+    "type": "object",
+    "properties": {
+        "topic": {"type": "string", "minLength": 3, "maxLength": 60},
+        "passage_1": {"type": "string", "minLength": 20, "maxLength": 300},
+        "passage_2": {"type": "string", "minLength": 20, "maxLength": 300},
+        "evidence": {**_EVIDENCE, "minItems": 2, "maxItems": 4},
+    },
+    "required": ["topic", "passage_1", "passage_2", "evidence"],
+    "additionalProperties": False,
+}
+_LABEL_IN_TEXT = re.compile(r"\bP\d+\.\d+\b|\bpassage\s*\d", re.I)
+SUMMARY_SCHEMA = {
+    "type": "object",
+    "properties": {"summary": {"type": "string", "maxLength": 900}},
+    "required": ["summary"],
+    "additionalProperties": False,
+}
+MIN_OUTPUT_CHARS = 20  # shorter summaries/comparisons are not worth training on
 
 
-def template() -> str:
-    return resources.files("lcdata.templates").joinpath(f"{TEMPLATE_VERSION}.txt").read_text()
+def template(version: str = TEMPLATE_VERSION) -> str:
+    return resources.files("lcdata.templates").joinpath(f"{version}.txt").read_text()
 
 
 def pick_chunks(text: str, n: int, chunk_chars: int, min_gap_frac: float, rng: random.Random) -> list[tuple[int, int]] | None:
@@ -56,19 +84,13 @@ def pick_chunks(text: str, n: int, chunk_chars: int, min_gap_frac: float, rng: r
     return None
 
 
-@dataclass
-class _Job:
-    ctx: Context
-    index: int
-    chunks: list[tuple[int, int]]
-    messages: list[dict[str, str]]
-    labels: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # "P1.3" -> (start, end, chunk)
+# a line label, alone or leading a copy of the line ("P1.3. The king...", "[P2.1]", "1.4")
+_LABEL = re.compile(r"^\W*P?\s*(\d+)\s*[.:]\s*(\d+)(?!\d)(?:\W|$)", re.I)
+_LABEL_PREFIX = re.compile(r"^\s*(\[?\s*P\d+\.\d+\s*\]?|passage\s*\d+)\s*[.:,)-]*\s*", re.I)
+Labels = dict[str, tuple[int, int, int]]  # "P1.3" -> (start, end, chunk)
 
 
-_LABEL = re.compile(r"^\[?\s*P\s*(\d+)\s*[.:]\s*(\d+)\s*\]?$", re.I)
-
-
-def label_lines(text: str, chunks: list[tuple[int, int]]) -> tuple[str, dict[str, tuple[int, int, int]]]:
+def label_lines(text: str, chunks: list[tuple[int, int]]) -> tuple[str, Labels]:
     """The passages with every non-empty line labelled ``[Pk.j]``, and each label's span in ``text``."""
     blocks, labels = [], {}
     for k, (a, b) in enumerate(chunks):
@@ -86,95 +108,288 @@ def label_lines(text: str, chunks: list[tuple[int, int]]) -> tuple[str, dict[str
     return "\n\n".join(blocks), labels
 
 
-class SynthStage(Stage[Context, Sample]):
-    """``in`` contexts, ``out`` samples; drops: no_room, bad_json, evidence_not_found, evidence_single_chunk."""
+def resolve_evidence(text: str, chunks: list[tuple[int, int]], labels: Labels, evidence: Iterable[Any]) -> list[tuple[str, int, int, int, str]]:
+    """Locate model-given evidence in ``text``: ``(text, start, end, chunk, method)`` sorted by
+    position, without duplicates. Labels map to their exact line; quotes are grounded inside the
+    chunks (exact, normalised, fuzzy); anything else is ignored."""
+    found: list[tuple[str, int, int, int, str]] = []
+    for ev in evidence:
+        m = _LABEL.match(str(ev).strip())
+        hit = labels.get(f"P{int(m.group(1))}.{int(m.group(2))}") if m else None
+        if hit is not None:
+            if all(f[1] != hit[0] for f in found):
+                found.append((text[hit[0]:hit[1]], hit[0], hit[1], hit[2], "label"))
+            continue
+        if m and len(str(ev).strip()) <= 12:
+            continue  # a label that does not exist: nothing to ground
+        for k, (a, b) in enumerate(chunks):
+            g = ground(str(ev), text, a, b)
+            if g is not None and all(f[1] != g.start for f in found):
+                found.append((text[g.start:g.end], g.start, g.end, k, g.method))
+                break
+    return sorted(found, key=lambda f: f[1])
 
-    name = "synthesize"
+
+@dataclass
+class Job:
+    """One prompt to the engine and what to do with its parsed JSON."""
+
+    uid: str  # id of the (first) sample it plans, for rejects
+    messages: list[dict[str, str]]
+    template: str
+    schema: dict[str, Any]
+    max_tokens: int
+    handle: Callable[[Job, dict[str, Any]], Iterable[Sample | Job]]
+    units: int = 1  # planned samples that depend on this job (dropped together if it fails)
+    data: dict[str, Any] = field(default_factory=dict)
+    on_fail: Callable[[Job, str], None] | None = None
+    attempt: int = 0
+
+
+def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if not isinstance(obj, dict) or not set(schema.get("required", ())) <= set(obj):
+        return None
+    return obj
+
+
+class LLMStage(Stage[Context, Sample]):
+    """Base of the LLM tasks: subclasses implement ``plan(ctx)`` (samples and/or jobs)."""
+
+    kind = "llm"
 
     def __init__(self, cfg: Any, engine: Engine, tok: ChatTokenizer, seed: int, short_max_tokens: int) -> None:
         super().__init__()
+        self.name = f"synthesize.{cfg.kind}"  # lineage per task kind
         self.cfg, self.engine, self.tok, self.seed, self.short_max = cfg, engine, tok, seed, short_max_tokens
 
-    def _jobs(self, ctxs: list[Context]) -> list[_Job]:
-        jobs = []
-        tpl = template()
-        for ctx in ctxs:
-            for i in range(self.cfg.per_context):
-                rng = random.Random(f"{self.seed}:multihop:{ctx.id}:{i}")
-                n = rng.randint(self.cfg.min_chunks, self.cfg.max_chunks)
-                chunks = pick_chunks(ctx.text, n, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
-                if chunks is None:
-                    self.drop(f"multihop:{ctx.id}:{i}", "no_room",
-                              f"{ctx.id}: {len(ctx.text):,} chars cannot hold {n} chunks of {self.cfg.chunk_chars} "
-                              f"chars {self.cfg.min_distance_frac:.0%} apart; lower tasks.multihop.chunk_chars or "
-                              "min_distance_frac, or use longer buckets", {"context": ctx.id})
-                    continue
-                passages, labels = label_lines(ctx.text, chunks)
-                prompt = tpl.format(n=len(chunks), source=ctx.source, passages=passages)
-                jobs.append(_Job(ctx, i, chunks, [{"role": "user", "content": prompt}], labels))
-        return jobs
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def drop_units(self, uid: str, units: int, reason: str, message: str, record: Any = "") -> None:
+        for u in range(units):
+            self.drop(uid if units == 1 else f"{uid}#{u}", reason, message, record)
 
     def run(self, records: Iterable[Context]) -> Iterator[Sample]:
-        ctxs = list(records)
-        self.stats.in_ += len(ctxs)
-        pending = self._jobs(ctxs)
-        for attempt in range(self.cfg.max_retries + 1):
-            if not pending:
-                break
-            # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
-            reqs = [Request(j.messages, SCHEMA, f"{TEMPLATE_VERSION}#try{attempt}", self.cfg.max_tokens) for j in pending]
-            texts = self.engine.generate(reqs)
-            retry = []
-            for j, text in zip(pending, texts, strict=True):
-                try:
-                    obj = json.loads(text)
-                    assert isinstance(obj, dict) and {"question", "answer", "evidence"} <= set(obj)
-                except (json.JSONDecodeError, AssertionError):
-                    if attempt < self.cfg.max_retries:
-                        retry.append(j)
-                    else:
-                        self.drop(f"multihop:{j.ctx.id}:{j.index}", "bad_json",
-                                  f"no valid JSON after {attempt + 1} attempts", {"output": text[:2000]})
-                    continue
-                s = self._sample(j, obj)
-                if s is not None:
+        pending: list[Job] = []
+        for ctx in records:
+            for item in self.plan(ctx):
+                if isinstance(item, Job):
+                    self.stats.in_ += item.units
+                    pending.append(item)
+                else:
+                    self.stats.in_ += 1
                     self.stats.out += 1
-                    yield s
-            pending = retry
+                    yield item
+        while pending:
+            # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
+            reqs = [Request(j.messages, j.schema, f"{j.template}#try{j.attempt}", j.max_tokens) for j in pending]
+            texts = self.engine.generate(reqs)
+            nxt: list[Job] = []
+            for j, text in zip(pending, texts, strict=True):
+                obj = parse_json(text, j.schema)
+                if obj is None:
+                    if j.attempt < self.cfg.max_retries:
+                        j.attempt += 1
+                        nxt.append(j)
+                    elif j.on_fail is not None:
+                        j.on_fail(j, text)
+                    else:
+                        self.drop_units(j.uid, j.units, "bad_json", f"no valid JSON after {j.attempt + 1} attempts",
+                                        {"output": text[:2000]})
+                    continue
+                for item in j.handle(j, obj):
+                    if isinstance(item, Job):
+                        nxt.append(item)  # a follow-up: its units were counted by the job that made it
+                    else:
+                        self.stats.out += 1
+                        yield item
+            pending = nxt
 
-    def _sample(self, j: _Job, obj: dict[str, Any]) -> Sample | None:
-        sid = f"multihop:{j.ctx.id}:{j.index}"
-        text = j.ctx.text
-        found: list[tuple[str, int, int, int, str]] = []  # (text, start, end, chunk, method)
-        for ev in obj["evidence"]:
-            m = _LABEL.match(str(ev).strip())
-            if m:  # a line label: its span is known exactly
-                hit = j.labels.get(f"P{int(m.group(1))}.{int(m.group(2))}")
-                if hit is not None and all(f[1] != hit[0] for f in found):
-                    found.append((text[hit[0]:hit[1]], hit[0], hit[1], hit[2], "label"))
+    def meta(self, template_version: str, **kw: Any) -> dict[str, Any]:
+        return {"template": template_version, "model": self.engine.cfg.model, **kw}
+
+    def user(self, prompt: str) -> list[dict[str, str]]:
+        return [{"role": "user", "content": prompt}]
+
+
+class MultihopStage(LLMStage):
+    """2-4 chunks at distinct depth deciles, ``min_distance_frac`` apart; the model sees only
+    them, writes a question needing all of them and cites a line of each; the sample asks the
+    question over the *whole* context."""
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+        tpl = template(TEMPLATE_VERSION)
+        for i in range(self.cfg.per_context):
+            rng = random.Random(f"{self.seed}:multihop:{ctx.id}:{i}")
+            n = rng.randint(self.cfg.min_chunks, self.cfg.max_chunks)
+            chunks = pick_chunks(ctx.text, n, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
+            uid = f"multihop:{ctx.id}:{i}"
+            if chunks is None:
+                self.stats.in_ += 1
+                self.drop(uid, "no_room",
+                          f"{ctx.id}: {len(ctx.text):,} chars cannot hold {n} chunks of {self.cfg.chunk_chars} "
+                          f"chars {self.cfg.min_distance_frac:.0%} apart; lower tasks.multihop.chunk_chars or "
+                          "min_distance_frac, or use longer buckets", {"context": ctx.id})
                 continue
-            for k, (a, b) in enumerate(j.chunks):  # a quoted sentence: ground it
-                g = ground(str(ev), text, a, b)
-                if g is not None:
-                    found.append((text[g.start:g.end], g.start, g.end, k, g.method))
-                    break
+            passages, labels = label_lines(ctx.text, chunks)
+            prompt = tpl.format(n=len(chunks), source=ctx.source, passages=passages)
+            yield Job(uid, self.user(prompt), TEMPLATE_VERSION, SCHEMA, self.cfg.max_tokens, self._handle,
+                      data={"ctx": ctx, "index": i, "chunks": chunks, "labels": labels})
+
+    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
+        s = self.sample(j.data["ctx"], j.data["index"], j.data["chunks"], j.data["labels"], obj)
+        if s is not None:
+            yield s
+
+    def sample(self, ctx: Context, index: int, chunks: list[tuple[int, int]], labels: Labels,
+               obj: dict[str, Any]) -> Sample | None:
+        sid = f"multihop:{ctx.id}:{index}"
+        text = ctx.text
+        found = resolve_evidence(text, chunks, labels, obj["evidence"])
         if not found:
             self.drop(sid, "evidence_not_found", "no evidence sentence could be located in the chosen chunks",
-                      {"output": obj, "chunks": j.chunks})
+                      {"output": obj, "chunks": chunks})
             return None
         if len({f[3] for f in found}) < 2:
             self.drop(sid, "evidence_single_chunk", "the located evidence comes from one chunk only: not multi-hop",
-                      {"output": obj, "chunks": j.chunks})
+                      {"output": obj, "chunks": chunks})
             return None
-        found.sort(key=lambda f: f[1])
-        n_tokens = self.tok.count([text])[0]
         return make_sample(
-            task="multihop", index=j.index, ctx=j.ctx, text=text, parts=j.ctx.parts,
+            task="multihop", index=index, ctx=ctx, text=text, parts=ctx.parts,
             question=str(obj["question"]).strip(), answer=str(obj["answer"]).strip(),
-            evidence=[(f[0], f[1], f[2]) for f in found], n_tokens=n_tokens, short_max_tokens=self.short_max,
-            purpose=PURPOSE_TRAIN,
-            meta={"template": TEMPLATE_VERSION, "model": self.engine.cfg.model, "chunks": j.chunks,
-                  "grounding": [f[4] for f in found],
-                  "distance_frac": (found[-1][1] - found[0][1]) / len(text),
-                  "distance_tokens": self.tok.count([text[found[0][1]:found[-1][1]]])[0]},
+            evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok, short_max_tokens=self.short_max,
+            purpose=PURPOSE_TRAIN, meta=self.meta(TEMPLATE_VERSION, chunks=chunks, grounding=[f[4] for f in found]),
+        )
+
+
+def anchor(text: str, start: int, end: int, max_chars: int = 70, look: int = 6) -> str | None:
+    """A quotable line near the start of the section ``[start, end)`` that occurs once in
+    ``text``: the longest unique one of its first ``look`` non-empty lines (plays repeat speaker
+    names), cut at a word boundary; None if there is none."""
+    best = None
+    for line in [x.strip() for x in text[start:end].split("\n") if x.strip()][:look]:
+        cand = line if len(line) <= max_chars else line[:max_chars].rsplit(" ", 1)[0]
+        if len(cand) >= 12 and text.count(cand) == 1 and (best is None or len(cand) > len(best)):
+            best = cand
+    return best
+
+
+class CompareStage(LLMStage):
+    """Two sections at least ``min_distance_frac`` apart; the model names a shared aspect,
+    compares them and cites lines of both; the question quotes each section's opening so it
+    can be answered from the whole context."""
+
+    VERSION = "compare.v2"  # v2: topic + one field per passage (v1: one free comparison)
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+        tpl = template(self.VERSION)
+        for i in range(self.cfg.per_context):
+            rng = random.Random(f"{self.seed}:compare:{ctx.id}:{i}")
+            uid = f"compare:{ctx.id}:{i}"
+            chunks = pick_chunks(ctx.text, 2, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
+            anchors = [anchor(ctx.text, a, b) for a, b in chunks] if chunks else []
+            if chunks is None or None in anchors:
+                self.stats.in_ += 1
+                reason = "no_room" if chunks is None else "ambiguous_anchor"
+                self.drop(uid, reason, f"{ctx.id}: no two sections {self.cfg.chunk_chars} chars long and "
+                          f"{self.cfg.min_distance_frac:.0%} apart with a unique opening line; lower "
+                          "tasks.compare.chunk_chars or min_distance_frac", {"context": ctx.id})
+                continue
+            passages, labels = label_lines(ctx.text, chunks)
+            yield Job(uid, self.user(tpl.format(source=ctx.source, passages=passages)), self.VERSION,
+                      COMPARE_SCHEMA, self.cfg.max_tokens, self._handle,
+                      data={"ctx": ctx, "index": i, "chunks": chunks, "labels": labels, "anchors": anchors})
+
+    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
+        ctx, chunks, anchors = j.data["ctx"], j.data["chunks"], j.data["anchors"]
+        topic = str(obj["topic"]).strip().rstrip(".?")
+        # "Passage 1: ..." / "P1.3. ..." prefixes are the prompt's scaffolding: cut, not fatal
+        said = [_LABEL_PREFIX.sub("", str(obj[k]), count=1).strip() for k in ("passage_1", "passage_2")]
+        if not topic or min(len(x) for x in said) < MIN_OUTPUT_CHARS:
+            self.drop(j.uid, "empty_output", "empty topic or comparison", {"output": obj})
+            return
+        if said[0] == said[1] or any(_LABEL_IN_TEXT.search(x) for x in [topic, *said]):
+            # labels or "passage 2" in the text cannot be read without the prompt's labelling
+            self.drop(j.uid, "degenerate_output", "both sides identical, or line labels in the text",
+                      {"output": obj})
+            return
+        found = resolve_evidence(ctx.text, chunks, j.data["labels"], obj["evidence"])
+        if not found:
+            self.drop(j.uid, "evidence_not_found", "no cited line could be located", {"output": obj})
+            return
+        if len({f[3] for f in found}) < 2:
+            self.drop(j.uid, "evidence_single_chunk", "the cited lines come from one section only",
+                      {"output": obj, "chunks": chunks})
+            return
+        question = (f'Compare the part of the document around "{anchors[0]}" with the part around '
+                    f'"{anchors[1]}": what does each of them say about {topic}?')
+        answer = f"The first part: {said[0]}\nThe second part: {said[1]}"
+        yield make_sample(
+            task="compare", index=j.data["index"], ctx=ctx, text=ctx.text, parts=ctx.parts, question=question,
+            answer=answer, evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok,
+            short_max_tokens=self.short_max,
+            meta=self.meta(self.VERSION, chunks=chunks, topic=topic, grounding=[f[4] for f in found]),
+        )
+
+
+def sections_of(text: str, n_min: int, max_chars: int) -> list[tuple[int, int]]:
+    """Consecutive line-aligned sections covering ``text``: at least ``n_min``, each about
+    ``<= max_chars``."""
+    n = max(n_min, math.ceil(len(text) / max_chars))
+    cuts = sorted({0, *(line_start_near(text, len(text) * k // n) for k in range(1, n)), len(text)})
+    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
+
+
+class SummaryStage(LLMStage):
+    """Map-reduce global summary: every section summarized alone, then the section summaries
+    combined. Works for contexts longer than the generator's own window."""
+
+    MAP, REDUCE = "summary_section.v1", "summary_global.v1"
+    QUESTION = "Summarize the whole document in one paragraph."
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+        if self.cfg.per_context < 1:
+            return
+        secs = sections_of(ctx.text, self.cfg.sections, self.cfg.max_section_chars)
+        state = {"ctx": ctx, "sections": secs, "summaries": [None] * len(secs), "failed": False}
+        tpl = template(self.MAP)
+        uid = f"summary:{ctx.id}:0"
+        for i, (a, b) in enumerate(secs):
+            prompt = tpl.format(i=i + 1, n=len(secs), source=ctx.source, section=ctx.text[a:b].strip())
+            # the context's one planned sample is counted on its first section job only
+            yield Job(uid, self.user(prompt), self.MAP, SUMMARY_SCHEMA, self.cfg.max_tokens, self._section,
+                      units=1 if i == 0 else 0, data={"state": state, "i": i}, on_fail=self._failed)
+
+    def _failed(self, j: Job, text: str) -> None:
+        st = j.data["state"]
+        if not st["failed"]:
+            st["failed"] = True
+            self.drop(j.uid, "bad_json", f"section {j.data['i'] + 1}: no valid JSON after {j.attempt + 1} attempts",
+                      {"output": text[:2000]})
+
+    def _section(self, j: Job, obj: dict[str, Any]) -> Iterator[Job]:
+        st = j.data["state"]
+        st["summaries"][j.data["i"]] = str(obj["summary"]).strip()
+        if st["failed"] or any(s is None for s in st["summaries"]):
+            return
+        ctx = st["ctx"]
+        listing = "\n\n".join(f"Section {k + 1}: {s}" for k, s in enumerate(st["summaries"]))
+        prompt = template(self.REDUCE).format(n=len(st["summaries"]), source=ctx.source, summaries=listing)
+        yield Job(j.uid, self.user(prompt), self.REDUCE, SUMMARY_SCHEMA, self.cfg.max_tokens, self._whole,
+                  data={"state": st})
+
+    def _whole(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
+        st = j.data["state"]
+        ctx, summary = st["ctx"], str(obj["summary"]).strip()
+        if len(summary) < MIN_OUTPUT_CHARS:
+            self.drop(j.uid, "empty_output", f"summary of {len(summary)} chars", {"output": obj})
+            return
+        yield make_sample(
+            task="summary", index=0, ctx=ctx, text=ctx.text, parts=ctx.parts, question=self.QUESTION,
+            answer=summary, evidence=[], tok=self.tok, short_max_tokens=self.short_max,
+            meta=self.meta(f"{self.MAP}+{self.REDUCE}", sections=st["sections"], section_summaries=st["summaries"]),
         )

@@ -1,0 +1,208 @@
+"""LIFT (Long Input Fine-Tuning) samples and short-window QA.
+
+LIFT stores a long input in the weights: the input is cut into overlapping segments
+(``segment_tokens`` long, starting every ``stride_tokens``). For each segment:
+
+* ``lift_memorize``: the prompt holds the overlap with the previous segment and the target
+  is the rest of the segment, so every token of the context is a target exactly once and its
+  order is learned from the overlap (the first segment is recited from the document's name);
+* ``lift_qa``: questions the model wrote about the segment, asked *without* the context
+  (LIFT's auxiliary QA, answered from memory);
+* ``lift_qa_ctx``: the same questions asked with the full long input (the contextualized
+  variant, which keeps in-context reading trained alongside memorization).
+
+Closed-book and memorization samples carry no context: ``context_message`` is -1 and their
+evidence offsets point into context ``context_id`` (``OUT/contexts/``). Samples of one input
+share ``meta.lift_input`` so a LIFT run can select them.
+
+``short_qa`` runs the same QA generator on short windows (<= 2K tokens) of the context: the
+short half of a long:short mix.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from typing import Any
+
+from lcdata.schema import Context, Sample
+from lcdata.tasks.base import clip_parts, line_start_near, make_sample, slice_parts
+from lcdata.tasks.synth import _EVIDENCE, Job, LLMStage, label_lines, resolve_evidence, template
+
+QA_VERSION = "qa.v1"
+
+
+def qa_schema(k: int) -> dict[str, Any]:
+    item = {
+        "type": "object",
+        "properties": {
+            "question": {"type": "string", "maxLength": 300},
+            "answer": {"type": "string", "maxLength": 200},
+            "evidence": {**_EVIDENCE, "maxItems": 3},
+        },
+        "required": ["question", "answer", "evidence"],
+        "additionalProperties": False,
+    }
+    return {"type": "object", "properties": {"qa": {"type": "array", "items": item, "minItems": 1, "maxItems": k}},
+            "required": ["qa"], "additionalProperties": False}
+
+
+def segments(offsets: Any, n_chars: int, seg: int, stride: int) -> list[tuple[int, int, int]]:
+    """Overlapping token segments as char ranges ``(start, new_from, end)``: ``[start, end)`` is
+    the segment, ``[new_from, end)`` the part not in the previous segment. The new parts
+    partition ``[0, n_chars)``."""
+    T = len(offsets)
+    if T == 0:
+        return []
+
+    def cb(t: int) -> int:  # char boundary before token t
+        return 0 if t == 0 else (n_chars if t >= T else int(offsets[t][0]))
+
+    starts = list(range(0, max(T - seg, 0) + 1, stride))
+    if starts[-1] + seg < T:
+        starts.append(T - seg)
+    out, prev_end = [], 0
+    for s in starts:
+        e = min(T, s + seg)
+        out.append((cb(s), cb(prev_end), cb(e)))
+        prev_end = e
+    return out
+
+
+def doc_name(ctx: Context) -> str:
+    return ctx.group or ctx.id
+
+
+class LiftStage(LLMStage):
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+        cfg = self.cfg
+        segs = segments(self.tok.offsets(ctx.text), len(ctx.text), cfg.segment_tokens, cfg.stride_tokens)
+        name = doc_name(ctx)
+        if cfg.memorize:
+            for k, (a, new, b) in enumerate(segs):
+                target = ctx.text[new:b]
+                if not target.strip():
+                    continue
+                prompt = (f'Recite the beginning of the document "{name}".' if k == 0 else
+                          f'Continue the document "{name}" from this excerpt:\n\n{ctx.text[a:new]}')
+                yield make_sample(
+                    task="lift_memorize", index=k, ctx=ctx, text=ctx.text, parts=clip_parts(ctx.parts, a, b),
+                    question=prompt, answer=target, evidence=[(target, new, b)], tok=self.tok,
+                    short_max_tokens=self.short_max, with_context=False,
+                    meta={"lift_input": ctx.id, "segment": [a, new, b], "segment_index": k},
+                )
+        variants = int(cfg.closed_book) + int(cfg.contextualized)
+        if cfg.qa_per_segment == 0 or variants == 0 or not segs:
+            return
+        chosen = range(len(segs))
+        if cfg.max_qa_segments is not None and cfg.max_qa_segments < len(segs):
+            n = cfg.max_qa_segments  # evenly spaced over the context, first and last included
+            chosen = sorted({round(i * (len(segs) - 1) / max(1, n - 1)) for i in range(n)})
+        tpl = template(QA_VERSION)
+        for k in chosen:
+            a, _, b = segs[k]
+            passages, labels = label_lines(ctx.text, [(a, b)])
+            prompt = tpl.format(source=f"{ctx.source}: {name}", passages=passages.split("\n", 1)[1],
+                                k=cfg.qa_per_segment)
+            yield Job(f"lift_qa:{ctx.id}:{k}", self.user(prompt), QA_VERSION, qa_schema(cfg.qa_per_segment),
+                      cfg.max_tokens, self._handle, units=cfg.qa_per_segment * variants,
+                      data={"ctx": ctx, "k": k, "seg": (a, b), "labels": labels})
+
+    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
+        cfg, ctx, k, (a, b) = self.cfg, j.data["ctx"], j.data["k"], j.data["seg"]
+        variants = int(cfg.closed_book) + int(cfg.contextualized)
+        qa = [x for x in obj["qa"] if isinstance(x, dict)]
+        for q in range(cfg.qa_per_segment):
+            uid = f"lift_qa:{ctx.id}:{k}.{q}"
+            if q >= len(qa) or not str(qa[q].get("question", "")).strip() or not str(qa[q].get("answer", "")).strip():
+                self.drop_units(uid, variants, "missing_qa", f"the model wrote {len(qa)} usable of "
+                                f"{cfg.qa_per_segment} QA pairs", {"output": obj})
+                continue
+            found = resolve_evidence(ctx.text, [(a, b)], j.data["labels"], qa[q].get("evidence", []))
+            if not found:
+                self.drop_units(uid, variants, "evidence_not_found", "no cited line could be located in the segment",
+                                {"output": qa[q], "segment": [a, b]})
+                continue
+            question, answer = str(qa[q]["question"]).strip(), str(qa[q]["answer"]).strip()
+            ev = [(f[0], f[1], f[2]) for f in found]
+            meta = self.meta(QA_VERSION, lift_input=ctx.id, segment=[a, b], segment_index=k,
+                             grounding=[f[4] for f in found])
+            if cfg.closed_book:
+                yield make_sample(
+                    task="lift_qa", index=f"{k}.{q}", ctx=ctx, text=ctx.text, parts=clip_parts(ctx.parts, a, b),
+                    question=f'Answer from your memory of the document "{doc_name(ctx)}": {question}',
+                    answer=answer, evidence=ev, tok=self.tok, short_max_tokens=self.short_max, meta=meta,
+                    with_context=False)
+            if cfg.contextualized:
+                yield make_sample(
+                    task="lift_qa_ctx", index=f"{k}.{q}", ctx=ctx, text=ctx.text, parts=ctx.parts,
+                    question=question, answer=answer, evidence=ev, tok=self.tok, short_max_tokens=self.short_max,
+                    meta=meta)
+
+
+def window(ctx: Context, tok: Any, start_frac: float, max_tokens: int) -> tuple[int, int] | None:
+    """A line-aligned window of at most ``max_tokens`` tokens starting near ``start_frac``."""
+    text, L = ctx.text, len(ctx.text)
+    chars = int(max_tokens * L / max(1, ctx.n_tokens))
+    if chars >= L:
+        return (0, L) if tok.count([text])[0] <= max_tokens else window_from(text, tok, 0, L // 2, max_tokens)
+    a = line_start_near(text, int(start_frac * (L - chars)))
+    return window_from(text, tok, a, chars, max_tokens)
+
+
+def window_from(text: str, tok: Any, a: int, chars: int, max_tokens: int) -> tuple[int, int] | None:
+    for _ in range(8):  # shrink until it fits: token density varies along a text
+        b = line_start_near(text, a + chars)
+        if b <= a:
+            b = min(len(text), a + chars)
+        if b > a and tok.count([text[a:b]])[0] <= max_tokens:
+            return a, b
+        chars = int(chars * 0.85)
+    return None
+
+
+class ShortQAStage(LLMStage):
+    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+        cfg = self.cfg
+        rng = random.Random(f"{self.seed}:short_qa:{ctx.id}")
+        deciles = sorted(rng.sample(range(10), min(10, cfg.per_context)))
+        tpl = template(QA_VERSION)
+        seen = set()
+        for i, d in enumerate(deciles):
+            w = window(ctx, self.tok, (d + rng.random()) / 10, cfg.window_tokens)
+            uid = f"short_qa:{ctx.id}@{i}"
+            if w is None or w in seen or not ctx.text[w[0]:w[1]].strip():
+                self.stats.in_ += cfg.qa_per_window
+                self.drop_units(uid, cfg.qa_per_window, "no_room", f"{ctx.id}: no distinct window of <= "
+                                f"{cfg.window_tokens} tokens at depth {d / 10:.1f}", {"context": ctx.id})
+                continue
+            seen.add(w)
+            a, b = w
+            sub = Context(f"{ctx.id}@{a}", ctx.source, ctx.group, ctx.strategy, ctx.text[a:b],
+                          slice_parts(ctx.parts, a, b), self.tok.count([ctx.text[a:b]])[0], cfg.window_tokens)
+            passages, labels = label_lines(sub.text, [(0, len(sub.text))])
+            prompt = tpl.format(source=f"{ctx.source}: {doc_name(ctx)}", passages=passages.split("\n", 1)[1],
+                                k=cfg.qa_per_window)
+            yield Job(uid, self.user(prompt), QA_VERSION, qa_schema(cfg.qa_per_window), cfg.max_tokens,
+                      self._handle, units=cfg.qa_per_window,
+                      data={"ctx": sub, "parent": ctx.id, "window": [a, b], "labels": labels})
+
+    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
+        sub = j.data["ctx"]
+        qa = [x for x in obj["qa"] if isinstance(x, dict)]
+        for q in range(self.cfg.qa_per_window):
+            uid = f"short_qa:{sub.id}:{q}"
+            if q >= len(qa) or not str(qa[q].get("question", "")).strip() or not str(qa[q].get("answer", "")).strip():
+                self.drop(uid, "missing_qa", f"the model wrote {len(qa)} usable of {self.cfg.qa_per_window} QA pairs",
+                          {"output": obj})
+                continue
+            found = resolve_evidence(sub.text, [(0, len(sub.text))], j.data["labels"], qa[q].get("evidence", []))
+            if not found:
+                self.drop(uid, "evidence_not_found", "no cited line could be located in the window", {"output": qa[q]})
+                continue
+            yield make_sample(
+                task="short_qa", index=q, ctx=sub, text=sub.text, parts=sub.parts,
+                question=str(qa[q]["question"]).strip(), answer=str(qa[q]["answer"]).strip(),
+                evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok, short_max_tokens=self.short_max,
+                meta=self.meta(QA_VERSION, parent_context=j.data["parent"], window=j.data["window"],
+                               grounding=[f[4] for f in found]))
