@@ -105,7 +105,17 @@ class HotpotHaystackTask(_Strict):
     )
 
 
-class MultihopTask(_Strict):
+class _LLMTask(_Strict):
+    """Fields every LLM task has: which contexts it runs on, and its request budget."""
+
+    sources: list[str] | None = Field(None, description="Only contexts of these source names; None = all.")
+    context_fraction: float = Field(1.0, gt=0, le=1, description="Seeded share of the contexts this task runs on "
+                                    "(the LLM budget knob).")
+    max_retries: int = Field(1, ge=0, description="Extra attempts for outputs that are not valid JSON.")
+    max_tokens: int = Field(384, ge=16, description="Output token cap per request.")
+
+
+class MultihopTask(_LLMTask):
     """LLM-written multi-hop question over 2-4 distant chunks (needs the engine)."""
 
     kind: Literal["multihop"] = "multihop"
@@ -114,8 +124,6 @@ class MultihopTask(_Strict):
     max_chunks: int = Field(3, ge=2, le=4)
     chunk_chars: int = Field(1200, ge=200, description="Size of each chunk shown to the model.")
     min_distance_frac: float = Field(0.25, ge=0, lt=1, description="Minimum gap between chunks, as a fraction of the context.")
-    max_retries: int = Field(1, ge=0, description="Extra attempts for outputs that are not valid JSON.")
-    max_tokens: int = Field(384, ge=16)
 
     @model_validator(mode="after")
     def _chunks(self) -> MultihopTask:
@@ -124,29 +132,26 @@ class MultihopTask(_Strict):
         return self
 
 
-class CompareTask(_Strict):
+class CompareTask(_LLMTask):
     """LLM-written comparison of two distant sections of the context (needs the engine)."""
 
     kind: Literal["compare"] = "compare"
     per_context: int = Field(1, ge=0)
     chunk_chars: int = Field(1200, ge=200, description="Size of each section shown to the model.")
     min_distance_frac: float = Field(0.3, ge=0, lt=1, description="Minimum gap between the two sections.")
-    max_retries: int = Field(1, ge=0)
-    max_tokens: int = Field(384, ge=16)
 
 
-class SummaryTask(_Strict):
+class SummaryTask(_LLMTask):
     """Global summary, map-reduce: one summary per section, then one of the whole (needs the engine)."""
 
     kind: Literal["summary"] = "summary"
     per_context: int = Field(1, ge=0, le=1, description="0 or 1: one summary per context.")
     sections: int = Field(4, ge=1, description="Minimum number of sections summarized separately.")
     max_section_chars: int = Field(6000, ge=500, description="More sections are used when they would exceed this.")
-    max_retries: int = Field(1, ge=0)
     max_tokens: int = Field(256, ge=16)
 
 
-class LiftTask(_Strict):
+class LiftTask(_LLMTask):
     """LIFT (Long Input Fine-Tuning): overlapping segments of each context, memorization samples
     (continue the text from the overlap), and QA per segment asked closed-book and/or with the
     full long input (the contextualized variant). QA needs the engine; memorization does not."""
@@ -160,8 +165,6 @@ class LiftTask(_Strict):
     qa_per_segment: int = Field(1, ge=0, le=4)
     closed_book: bool = Field(True, description="Ask each QA without the context (LIFT's auxiliary task).")
     contextualized: bool = Field(True, description="Ask each QA with the full long input too.")
-    max_retries: int = Field(1, ge=0)
-    max_tokens: int = Field(384, ge=16)
 
     @model_validator(mode="after")
     def _stride(self) -> LiftTask:
@@ -171,15 +174,13 @@ class LiftTask(_Strict):
         return self
 
 
-class ShortQATask(_Strict):
+class ShortQATask(_LLMTask):
     """The QA generator on short windows of the context: the short half of a long:short mix."""
 
     kind: Literal["short_qa"] = "short_qa"
     per_context: int = Field(1, ge=0, le=10, description="Windows per context, at distinct depth deciles.")
     window_tokens: int = Field(1024, ge=64, le=2048, description="Window length (<= 2048: a short sample).")
     qa_per_window: int = Field(1, ge=1, le=4)
-    max_retries: int = Field(1, ge=0)
-    max_tokens: int = Field(384, ge=16)
 
 
 TaskConfig = Annotated[
@@ -235,6 +236,9 @@ class BuildConfig(_Strict):
         if len(set(llm)) != len(llm):
             raise ValueError(f"each LLM task kind may be listed once in `tasks`, got {llm}: merge the entries")
         for t in self.tasks:
+            unknown = sorted(set(getattr(t, "sources", None) or []) - set(names))
+            if unknown:
+                raise ValueError(f"task `{t.kind}` names unknown sources {unknown}; the sources are {names}")
             if t.kind == "short_qa" and t.window_tokens > self.assemble.short_max_tokens:
                 raise ValueError(f"`short_qa.window_tokens` ({t.window_tokens}) exceeds `assemble.short_max_tokens` "
                                  f"({self.assemble.short_max_tokens}): its samples would not count as short")

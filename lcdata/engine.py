@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,21 +139,28 @@ class _HTTP:
         self.cfg = cfg
         self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=2, timeout=600)
 
+    def one(self, r: Request) -> str:
+        extra: dict[str, Any] = {}
+        if r.schema:
+            extra["response_format"] = {"type": "json_schema",
+                                        "json_schema": {"name": "output", "schema": r.schema, "strict": True}}
+        resp = self.client.chat.completions.create(
+            model=self.cfg.model, messages=r.messages, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+            max_tokens=r.max_tokens or self.cfg.max_tokens, seed=self.cfg.seed, **extra)
+        return resp.choices[0].message.content or ""
+
     def run(self, reqs: Sequence[Request]) -> list[str]:
-        out = []
-        for r in reqs:
-            extra: dict[str, Any] = {}
-            if r.schema:
-                extra["response_format"] = {"type": "json_schema",
-                                            "json_schema": {"name": "output", "schema": r.schema, "strict": True}}
-            resp = self.client.chat.completions.create(
-                model=self.cfg.model, messages=r.messages, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
-                max_tokens=r.max_tokens or self.cfg.max_tokens, seed=self.cfg.seed, **extra)
-            out.append(resp.choices[0].message.content or "")
-        return out
+        # concurrent requests: the server batches them (continuous batching), in order of reqs
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(reqs), self.cfg.batch_size))) as pool:
+            return list(pool.map(self.one, reqs))
 
 
 _BACKENDS: dict[str, Any] = {}
+# vLLM's offline LLM is not thread-safe (one caller's engine steps would collect another's
+# outputs); build tasks run in threads, so calls into a backend take turns.
+_LOCK = threading.Lock()
 
 
 class Engine:
@@ -170,8 +178,9 @@ class Engine:
         every Engine of this process with the same config: once per worker, not per task."""
         if self._backend is None:
             key = self.cfg.model_dump_json()
-            if key not in _BACKENDS:
-                _BACKENDS[key] = _Offline(self.cfg) if self.cfg.mode == "offline" else _HTTP(self.cfg)
+            with _LOCK:
+                if key not in _BACKENDS:
+                    _BACKENDS[key] = _Offline(self.cfg) if self.cfg.mode == "offline" else _HTTP(self.cfg)
             self._backend = _BACKENDS[key]
         return self._backend
 
@@ -181,7 +190,12 @@ class Engine:
         todo = list({k: r for k, r in todo}.items())  # identical requests are sent once
         for i in range(0, len(todo), self.cfg.batch_size):
             batch = todo[i:i + self.cfg.batch_size]
-            texts = self.backend.run([r for _, r in batch])
+            backend = self.backend
+            if isinstance(backend, _HTTP):
+                texts = backend.run([r for _, r in batch])
+            else:
+                with _LOCK:
+                    texts = backend.run([r for _, r in batch])
             self.calls += len(batch)
             self.cache.add({k: t for (k, _), t in zip(batch, texts, strict=True)})
         return [self.cache.get(k) or "" for k in keys]

@@ -16,7 +16,7 @@ def _hist(values: pl.Series, edges: list[float]) -> list[tuple[str, int]]:
     out = []
     for a, b in zip(edges, edges[1:], strict=False):
         n = int(((values >= a) & (values < b)).sum()) if len(values) else 0
-        out.append((f"[{a:g}, {b:g})", n))
+        out.append((f"[{a:g}, {b:g})" if b != float("inf") else f">= {a:g}", n))
     return out
 
 
@@ -52,6 +52,26 @@ def summarize(dir_: Path) -> dict[str, Any]:
         dist = s.filter(pl.col("evidence").list.len() >= 2).select(
             ((starts.list.max() - starts.list.min()) / pl.col("context_chars")).alias("d"))["d"]
         out["evidence_distance_hist"] = _hist(dist.cast(pl.Float64), [i / 10 for i in range(10)] + [1.0001])
+        tstarts = pl.col("evidence").list.eval(pl.element().struct.field("token_start"))
+        per = s.with_columns(
+            pl.col("evidence").list.len().alias("n_ev"),
+            pl.when(pl.col("evidence").list.len() >= 2).then(tstarts.list.max() - tstarts.list.min()).alias("dist_tok"),
+            pl.col("evidence").list.eval(pl.element().struct.field("depth")).list.mean().alias("depth"),
+        )
+        tok_edges = sorted({0, *[top // 2**k for k in range(6, -1, -1)]}) + [float("inf")]
+        out["evidence_distance_tokens_hist"] = _hist(per["dist_tok"].drop_nulls().cast(pl.Float64), tok_edges)
+        # one line per task: how much evidence it records, where, and how far apart
+        by_task = per.group_by("task").agg(
+            pl.len().alias("samples"),
+            (pl.col("n_ev") > 0).mean().alias("with_ev"),
+            pl.col("n_ev").mean().alias("spans"),
+            pl.col("depth").mean().alias("depth"),
+            pl.col("dist_tok").median().alias("dist_tok"),
+            pl.col("context_tokens").mean().alias("ctx_tok"),
+        ).sort("task")
+        out["task_evidence"] = by_task.to_dicts()
+    if m["lineage"].get("synthesis"):
+        out["synthesis"] = m["lineage"]["synthesis"]
     return out
 
 
@@ -84,6 +104,25 @@ def print_summary(info: dict[str, Any]) -> None:
         table("evidence depth (0 = start of context)", info["evidence_depth_hist"], ("depth", "spans"))
         table("evidence distance, first to last span (fraction of context)", info["evidence_distance_hist"],
               ("distance", "samples"))
+        table("evidence distance, first to last span (tokens)", info["evidence_distance_tokens_hist"],
+              ("tokens", "samples"))
+    if info.get("task_evidence"):
+        tb = Table(title="evidence per task (training samples): share with evidence, spans/sample, mean depth, "
+                   "median first-to-last distance in tokens, mean context tokens", title_justify="left")
+        cols = ["task", "samples", "with_ev", "spans", "depth", "dist_tok", "ctx_tok"]
+        for col in cols:
+            tb.add_column(col, justify="left" if col == "task" else "right")
+        for r in info["task_evidence"]:
+            tb.add_row(*[_fmt(r[k]) for k in cols])
+        c.print(tb)
+    if info.get("synthesis"):
+        tb = Table(title="LLM synthesis: planned = made + dropped", title_justify="left")
+        for col in ("task", "planned", "made", "dropped by reason"):
+            tb.add_column(col)
+        for k, v in info["synthesis"].items():
+            tb.add_row(k, f"{v['planned']:,}", f"{v['made']:,}",
+                       ", ".join(f"{r}={n}" for r, n in v["dropped"].items()) or "-")
+        c.print(tb)
     lin = info["lineage"]
     tb = Table(title="lineage and drop reasons", title_justify="left")
     for col in ("stage", "in", "out", "dropped"):
@@ -94,6 +133,14 @@ def print_summary(info: dict[str, Any]) -> None:
     d, s = lin["documents"], lin["samples"]
     c.print(f"documents: read {d['read']:,} = used {d['used']:,} + dropped {sum(d['dropped'].values()):,}; "
             f"samples: made {s['made']:,} = packed {s['packed']:,} + eval {s['eval']:,} + dropped {sum(s['dropped'].values()):,}")
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.2f}" if v < 10 else f"{v:,.0f}"
+    return f"{v:,}" if isinstance(v, int) else str(v)
 
 
 def read_row(dir_: Path, row: int) -> dict[str, Any]:

@@ -74,8 +74,12 @@ def test_inspect_json_and_table(flow_build):
     # needles ask for 2 of 4 facts in distinct deciles: never in the same place
     assert info["evidence_distance_hist"][0][1] < sum(n for _, n in info["evidence_distance_hist"])
     assert info["lineage"]["stages"]["pack"]["dropped"].get("mix_ratio", 0) >= 0
+    assert sum(n for _, n in info["evidence_distance_tokens_hist"]) == sum(n for _, n in info["evidence_distance_hist"])
+    per_task = {r["task"]: r for r in info["task_evidence"]}
+    assert per_task["needles"]["spans"] == 2 and per_task["kv_tracking"]["dist_tok"] > 0
     text = run(["inspect", str(out)], tmp).stdout
-    for heading in ("task types", "packed sample length", "evidence depth", "evidence distance", "drop reasons", "fill"):
+    for heading in ("task types", "packed sample length", "evidence depth", "evidence distance", "evidence per task",
+                    "drop reasons", "fill"):
         assert heading in text
 
 

@@ -196,6 +196,8 @@ def test_llm_tasks_refuse_bad_configs(model_dir):
         parse_config(base | {"tasks": [{"kind": "lift", "segment_tokens": 256, "stride_tokens": 512}]})
     with pytest.raises(ValueError, match="listed once"):
         parse_config(base | {"tasks": [{"kind": "compare"}, {"kind": "compare"}]})
+    with pytest.raises(ValueError, match="unknown sources"):
+        parse_config(base | {"tasks": [{"kind": "summary", "sources": ["shakespear"]}]})
     with pytest.raises(ValueError, match="short_max_tokens"):
         parse_config(base | {"assemble": {"short_max_tokens": 1000}, "tasks": [{"kind": "short_qa", "window_tokens": 2048}]})
 
@@ -241,3 +243,12 @@ def test_build_with_real_engine_and_resume_from_cache(model_dir, tmp_path):
     stats2 = [json.loads(p.read_text()) for p in sorted((out / "work").glob("*/stats.json"))]
     assert sum(x["engine_requests"] for x in stats2) == 0
     assert [x["sha256"] for x in m2["shards"]] == [x["sha256"] for x in m["shards"]]
+
+
+def test_task_runs_on_its_sources_and_a_stable_fraction_of_contexts(tok):
+    ctxs = [Context(f"ctx:t:m:{i}", "t", "m", "concat", TEXT, CTX.parts, 5000, 8192) for i in range(400)]
+    st, _ = stage(tok, SummaryTask(context_fraction=0.25))
+    picked = [c.id for c in ctxs if st.selected(c)]
+    assert 70 <= len(picked) <= 130 and picked == [c.id for c in ctxs if st.selected(c)]
+    st, _ = stage(tok, SummaryTask(sources=["other"]))
+    assert not any(st.selected(c) for c in ctxs[:5])

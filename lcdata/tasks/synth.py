@@ -17,6 +17,7 @@ sentence is located exactly, normalised or fuzzily; unlocated evidence is never 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -173,9 +174,21 @@ class LLMStage(Stage[Context, Sample]):
         for u in range(units):
             self.drop(uid if units == 1 else f"{uid}#{u}", reason, message, record)
 
+    def selected(self, ctx: Context) -> bool:
+        """Whether this task runs on ``ctx``: its source is listed and a seeded coin (stable
+        per context, whatever the shard layout) falls under ``context_fraction``."""
+        if self.cfg.sources is not None and ctx.source not in self.cfg.sources:
+            return False
+        if self.cfg.context_fraction >= 1:
+            return True
+        h = hashlib.sha256(f"{self.seed}:{self.cfg.kind}:{ctx.id}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64 < self.cfg.context_fraction
+
     def run(self, records: Iterable[Context]) -> Iterator[Sample]:
         pending: list[Job] = []
         for ctx in records:
+            if not self.selected(ctx):
+                continue
             for item in self.plan(ctx):
                 if isinstance(item, Job):
                     self.stats.in_ += item.units
