@@ -88,12 +88,19 @@ def show(
     row: int = typer.Option(0, "--row", "-r", help="Packed row index (over all shards)."),
     max_chars: int = typer.Option(600, help="Elide untrained spans longer than this."),
     plain: bool = typer.Option(False, help="No colours; trained spans marked with ⟦ ⟧."),
+    sample: str | None = typer.Option(None, "--sample", help="Show this Sample record (id) instead of a row."),
+    task: str | None = typer.Option(None, "--task", help="Show a Sample record of this task (with --index)."),
+    index: int = typer.Option(0, "--index", help="Which sample of --task (0 = first)."),
 ) -> None:
-    """Print one packed row decoded per sample, the trained (loss) spans marked ⟦like this⟧."""
-    from lcdata.inspect import render_row
+    """Print one packed row decoded per sample, the trained (loss) spans marked ⟦like this⟧;
+    or, with --sample/--task, one Sample record with its evidence marked «like this»."""
+    from lcdata.inspect import find_sample, render_row, render_sample
 
     try:
-        text = render_row(dir, row, max_chars=max_chars, markup=not plain)
+        if sample is not None or task is not None:
+            text = render_sample(find_sample(dir, sample, task, index), max_chars=max_chars, markup=not plain)
+        else:
+            text = render_row(dir, row, max_chars=max_chars, markup=not plain)
     except (FileNotFoundError, ValueError, IndexError) as e:
         _fail(str(e))
     if plain:

@@ -3,6 +3,7 @@ row decoded sample by sample with the trained spans marked."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -191,6 +192,69 @@ def render_row(dir_: Path, row: int, max_chars: int = 600, markup: bool = True) 
                     text = f"{text[:h]} … [{len(text) - 2 * h:,} chars] … {text[-h:]}"
                 lines.append(f"[dim]{_esc(text, markup)}[/]" if markup else text)
         start += n
+    return "\n".join(lines)
+
+
+def find_sample(dir_: Path, sample_id: str | None = None, task: str | None = None, index: int = 0) -> dict[str, Any]:
+    """A Sample row from the dataset's samples (training) or eval files, by id or by task."""
+    dir_ = Path(dir_)
+    m = load_manifest(dir_)
+    files = [str(dir_ / f) for f in m["samples_files"] + m["eval_files"]]
+    if not files:
+        raise ValueError(f"{dir_}: the manifest lists no samples files")
+    lf = pl.concat([pl.scan_ipc(f) for f in files])
+    if sample_id is not None:
+        lf = lf.filter(pl.col("id") == sample_id)
+    elif task is not None:
+        lf = lf.filter(pl.col("task") == task)
+    rows = lf.slice(index, 1).collect().to_dicts()
+    if not rows:
+        tasks = sorted(pl.concat([pl.scan_ipc(f) for f in files]).select("task").unique().collect()["task"].to_list())
+        what = f"id {sample_id!r}" if sample_id is not None else f"task {task!r} index {index}"
+        raise ValueError(f"{dir_}: no sample with {what}; tasks present: {', '.join(tasks)}")
+    return rows[0]
+
+
+def render_sample(row: dict[str, Any], max_chars: int = 300, markup: bool = True) -> str:
+    """One Sample record: its facts, then its messages with the evidence marked «like this» and
+    the context between evidence spans elided."""
+    ev = sorted(row["evidence"], key=lambda e: e["start"])
+    meta = json.loads(row["meta"] or "{}")
+    lines = [f"sample {row['id']}  task={row['task']} split={row['split']} purpose={row['purpose']} "
+             f"context={row['context_id']} ({row['context_tokens']:,} tokens)"]
+    for e in ev:
+        lines.append(f"  evidence chars {e['start']:,}..{e['end']:,} tokens {e['token_start']:,}..{e['token_end']:,} "
+                     f"depth {e['depth']:.2f}: {e['text'][:80]!r}")
+    if "distance_tokens" in meta:
+        lines.append(f"  distance first..last span: {meta['distance_tokens']:,} tokens ({meta['distance_frac']:.0%} of the context)")
+    shown = {k: v for k, v in meta.items() if k not in ("distance_tokens", "distance_frac", "section_summaries")}
+    lines.append(f"  meta {json.dumps(shown)[:300]}")
+
+    def elide(t: str) -> str:
+        if len(t) > max_chars:
+            h = max_chars // 2
+            t = f"{t[:h]} … [{len(t) - 2 * h:,} chars] … {t[-h:]}"
+        return _esc(t, markup)
+
+    for i, msg in enumerate(row["messages"]):
+        lines.append(f"\n[{msg['role']}]" if not markup else f"\n[bold]\\[{msg['role']}][/]")
+        c = msg["content"]
+        if i != row["context_message"]:
+            lines.append(elide(c))
+            continue
+        a, b = row["context_offset"], row["context_offset"] + row["context_chars"]
+        out, pos = [elide(c[:a])], a
+        for e in ev:
+            s, t = a + e["start"], a + e["end"]
+            if s < pos:
+                continue
+            out.append(elide(c[pos:s]))
+            span = _esc(c[s:t], markup)
+            out.append(f"[bold green]«{span}»[/]" if markup else f"«{span}»")
+            pos = t
+        out.append(elide(c[pos:b]))
+        out.append(elide(c[b:]))
+        lines.append("".join(out))
     return "\n".join(lines)
 
 

@@ -140,12 +140,13 @@ def test_summary_maps_sections_then_reduces(tok):
 
 def test_lift_segments_overlap_and_partition_the_context(tok):
     off = tok.offsets(TEXT)
-    segs = segments(off, len(TEXT), 512, 384)
+    segs = segments(off, TEXT, 512, 384)
     assert "".join(TEXT[new:b] for _, new, b in segs) == TEXT  # each char a target exactly once
+    assert all(TEXT[new - 1].isspace() for _, new, _ in segs[1:])  # never inside a word
     assert segs[0][0] == segs[0][1] == 0
     for (a, new, b), (a2, new2, _) in zip(segs, segs[1:]):
         assert a <= new < b and a2 < b and new2 == b  # overlaps the next; the next's new part starts here
-    assert all(len(tok.encode(TEXT[a:b])) <= 512 + 2 for a, _, b in segs)
+    assert all(len(tok.encode(TEXT[a:b])) <= 512 + 16 for a, _, b in segs)  # snapping adds a word at most
 
 
 def test_lift_memorization_and_qa_variants(tok):
@@ -252,3 +253,14 @@ def test_task_runs_on_its_sources_and_a_stable_fraction_of_contexts(tok):
     assert 70 <= len(picked) <= 130 and picked == [c.id for c in ctxs if st.selected(c)]
     st, _ = stage(tok, SummaryTask(sources=["other"]))
     assert not any(st.selected(c) for c in ctxs[:5])
+
+
+def test_unusable_questions_are_named():
+    from lcdata.tasks.synth import bad_qa
+
+    assert bad_qa({"question": "Who kills Duncan?", "answer": "Macbeth."}) is None
+    assert bad_qa({"question": "Name the castle where the king sleeps", "answer": "Inverness."}) is None
+    assert "empty" in bad_qa({"question": "Who kills Duncan?", "answer": " "})
+    assert "not a question" in bad_qa({"question": "Create a JSON with the following content:", "answer": "x"})
+    assert "scaffolding" in bad_qa({"question": "What does P1.3 say?", "answer": "x"})
+    assert "scaffolding" in bad_qa({"question": "What happens in passage 2?", "answer": "x"})

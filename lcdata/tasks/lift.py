@@ -27,7 +27,15 @@ from typing import Any
 
 from lcdata.schema import Context, Sample
 from lcdata.tasks.base import clip_parts, line_start_near, make_sample, slice_parts
-from lcdata.tasks.synth import _EVIDENCE, Job, LLMStage, label_lines, resolve_evidence, template
+from lcdata.tasks.synth import (
+    _EVIDENCE,
+    Job,
+    LLMStage,
+    bad_qa,
+    label_lines,
+    resolve_evidence,
+    template,
+)
 
 QA_VERSION = "qa.v1"
 
@@ -36,8 +44,8 @@ def qa_schema(k: int) -> dict[str, Any]:
     item = {
         "type": "object",
         "properties": {
-            "question": {"type": "string", "maxLength": 300},
-            "answer": {"type": "string", "maxLength": 200},
+            "question": {"type": "string", "minLength": 10, "maxLength": 300},
+            "answer": {"type": "string", "minLength": 1, "maxLength": 200},
             "evidence": {**_EVIDENCE, "maxItems": 3},
         },
         "required": ["question", "answer", "evidence"],
@@ -47,15 +55,18 @@ def qa_schema(k: int) -> dict[str, Any]:
             "required": ["qa"], "additionalProperties": False}
 
 
-def segments(offsets: Any, n_chars: int, seg: int, stride: int) -> list[tuple[int, int, int]]:
+def segments(offsets: Any, text: str, seg: int, stride: int) -> list[tuple[int, int, int]]:
     """Overlapping token segments as char ranges ``(start, new_from, end)``: ``[start, end)`` is
     the segment, ``[new_from, end)`` the part not in the previous segment. The new parts
-    partition ``[0, n_chars)``."""
-    T = len(offsets)
+    partition the text. Boundaries move forward to the next token after whitespace, so no
+    target starts or ends inside a word (BPE splits words: "sojour|n'd")."""
+    T, n_chars = len(offsets), len(text)
     if T == 0:
         return []
 
-    def cb(t: int) -> int:  # char boundary before token t
+    def cb(t: int) -> int:  # char boundary before token t, snapped to a word start
+        while 0 < t < T and not text[int(offsets[t][0]) - 1].isspace():
+            t += 1
         return 0 if t == 0 else (n_chars if t >= T else int(offsets[t][0]))
 
     starts = list(range(0, max(T - seg, 0) + 1, stride))
@@ -64,7 +75,9 @@ def segments(offsets: Any, n_chars: int, seg: int, stride: int) -> list[tuple[in
     out, prev_end = [], 0
     for s in starts:
         e = min(T, s + seg)
-        out.append((cb(s), cb(prev_end), cb(e)))
+        seg_ = (cb(s), cb(prev_end), cb(e))
+        if seg_[2] > seg_[1]:  # snapping can swallow a tiny tail
+            out.append(seg_)
         prev_end = e
     return out
 
@@ -76,7 +89,7 @@ def doc_name(ctx: Context) -> str:
 class LiftStage(LLMStage):
     def plan(self, ctx: Context) -> Iterator[Sample | Job]:
         cfg = self.cfg
-        segs = segments(self.tok.offsets(ctx.text), len(ctx.text), cfg.segment_tokens, cfg.stride_tokens)
+        segs = segments(self.tok.offsets(ctx.text), ctx.text, cfg.segment_tokens, cfg.stride_tokens)
         name = doc_name(ctx)
         if cfg.memorize:
             for k, (a, new, b) in enumerate(segs):
@@ -114,9 +127,14 @@ class LiftStage(LLMStage):
         qa = [x for x in obj["qa"] if isinstance(x, dict)]
         for q in range(cfg.qa_per_segment):
             uid = f"lift_qa:{ctx.id}:{k}.{q}"
-            if q >= len(qa) or not str(qa[q].get("question", "")).strip() or not str(qa[q].get("answer", "")).strip():
-                self.drop_units(uid, variants, "missing_qa", f"the model wrote {len(qa)} usable of "
+            if q >= len(qa):
+                self.drop_units(uid, variants, "missing_qa", f"the model wrote {len(qa)} of "
                                 f"{cfg.qa_per_segment} QA pairs", {"output": obj})
+                continue
+            why = bad_qa(qa[q])
+            if why:
+                self.drop_units(uid, variants, "empty_output" if "empty" in why else "degenerate_output", why,
+                                {"output": qa[q]})
                 continue
             found = resolve_evidence(ctx.text, [(a, b)], j.data["labels"], qa[q].get("evidence", []))
             if not found:
@@ -192,9 +210,13 @@ class ShortQAStage(LLMStage):
         qa = [x for x in obj["qa"] if isinstance(x, dict)]
         for q in range(self.cfg.qa_per_window):
             uid = f"short_qa:{sub.id}:{q}"
-            if q >= len(qa) or not str(qa[q].get("question", "")).strip() or not str(qa[q].get("answer", "")).strip():
-                self.drop(uid, "missing_qa", f"the model wrote {len(qa)} usable of {self.cfg.qa_per_window} QA pairs",
+            if q >= len(qa):
+                self.drop(uid, "missing_qa", f"the model wrote {len(qa)} of {self.cfg.qa_per_window} QA pairs",
                           {"output": obj})
+                continue
+            why = bad_qa(qa[q])
+            if why:
+                self.drop(uid, "empty_output" if "empty" in why else "degenerate_output", why, {"output": qa[q]})
                 continue
             found = resolve_evidence(sub.text, [(0, len(sub.text))], j.data["labels"], qa[q].get("evidence", []))
             if not found:

@@ -39,8 +39,8 @@ _EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "mi
 SCHEMA = {
     "type": "object",
     "properties": {
-        "question": {"type": "string", "maxLength": 300},
-        "answer": {"type": "string", "maxLength": 200},
+        "question": {"type": "string", "minLength": 10, "maxLength": 300},
+        "answer": {"type": "string", "minLength": 1, "maxLength": 200},
         "evidence": {**_EVIDENCE, "maxItems": 4},
     },
     "required": ["question", "answer", "evidence"],
@@ -145,6 +145,19 @@ class Job:
     data: dict[str, Any] = field(default_factory=dict)
     on_fail: Callable[[Job, str], None] | None = None
     attempt: int = 0
+
+
+def bad_qa(qa: dict[str, Any]) -> str | None:
+    """Why a question/answer pair is unusable, or None. Catches what small models write when
+    they echo the instructions instead of asking (a question that is not one, an empty answer)."""
+    q, a = str(qa.get("question", "")).strip(), str(qa.get("answer", "")).strip()
+    if not q or not a:
+        return "empty question or answer"
+    if "?" not in q and not re.match(r"^(who|what|when|where|which|why|how|name|list|give)\b", q, re.I):
+        return f"not a question: {q[:80]!r}"
+    if re.search(r"\bjson\b|\bP\d+\.\d+\b|\bpassage\s*\d", q + " " + a, re.I):
+        return "the prompt's scaffolding (JSON, line labels, passage numbers) leaks into the text"
+    return None
 
 
 def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
@@ -262,6 +275,10 @@ class MultihopStage(LLMStage):
                obj: dict[str, Any]) -> Sample | None:
         sid = f"multihop:{ctx.id}:{index}"
         text = ctx.text
+        why = bad_qa(obj)
+        if why:
+            self.drop(sid, "empty_output" if "empty" in why else "degenerate_output", why, {"output": obj})
+            return None
         found = resolve_evidence(text, chunks, labels, obj["evidence"])
         if not found:
             self.drop(sid, "evidence_not_found", "no evidence sentence could be located in the chosen chunks",
