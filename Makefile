@@ -45,10 +45,12 @@ demo: setup model data
 	$(BIN)/lcdata build configs/demo.yaml --out out/demo
 	$(BIN)/lcdata inspect out/demo
 	$(BIN)/lcdata show out/demo --row 0 --max-chars 300
+	-$(BIN)/lcdata show out/demo --task multihop --max-chars 300
 	$(BIN)/lcdata train out/demo --run.out=runs/demo --run.steps=3 --batch.tokens_per_step=4096 --run.resume=false
 	@echo
 	@echo "model:      $(MODEL)"
-	@echo "dataset:    out/demo (manifest.json, shards/, samples/, eval/, rejects/)"
+	@echo "dataset:    out/demo (manifest.json, shards/, samples/, eval/, contexts/, rejects/, cache/ = LLM requests)"
+	@echo "a sample:   $(BIN)/lcdata show out/demo --task summary   (or multihop, compare, lift_qa, short_qa, needles...)"
 	@echo "inspect:    $(BIN)/lcdata inspect out/demo"
 	@echo "training:   runs/demo (log.jsonl, loss.png, checkpoint/, final/ = a Hugging Face model directory)"
 

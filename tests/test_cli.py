@@ -90,6 +90,10 @@ def test_show_marks_trained_spans(flow_build):
     assert "--- sample" in text and "⟦" in text and "<|im_end|>⟧" in text
     bad = run(["show", str(out), "--row", "999999"], tmp, check=False)
     assert bad.returncode == 2 and "out of range" in bad.stderr
+    text = run(["show", str(out), "--task", "needles", "--plain"], tmp).stdout
+    assert text.startswith("sample needles:") and text.count("«") == 2 and "distance first..last span" in text
+    bad = run(["show", str(out), "--task", "nope"], tmp, check=False)
+    assert bad.returncode == 2 and "tasks present" in bad.stderr
 
 
 def test_unknown_config_key_exits_with_its_name(tmp_path, model_dir):
