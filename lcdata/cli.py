@@ -17,7 +17,7 @@ model_app = typer.Typer(no_args_is_help=True, help="Prepare the local model dire
 schema_app = typer.Typer(no_args_is_help=True, help="Schema files.")
 app.add_typer(model_app, name="model")
 app.add_typer(schema_app, name="schema")
-console = Console(stderr=True)
+console = Console(stderr=True, emoji=False)  # ids like "stdlib:email:3" are not emoji codes
 
 
 def _fail(msg: str, code: int = 2) -> None:
@@ -106,7 +106,7 @@ def show(
     if plain:
         print(text)
     else:
-        Console().print(text, highlight=False)
+        Console(emoji=False).print(text, highlight=False)
 
 
 @app.command()

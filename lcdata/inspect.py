@@ -80,7 +80,7 @@ def print_summary(info: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    c = Console()
+    c = Console(emoji=False)
     t = info["totals"]
     c.print(f"[bold]{info['name']}[/]: {t['rows']:,} rows x seq_len {info['seq_len']:,}, "
             f"{t['samples']:,} samples, {t['tokens']:,} tokens, fill {t['fill']:.2%}, "

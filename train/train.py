@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("usage: lcdata train DIR [DIR ...] [--model=PATH] [--section.key=value ...]")
         from rich.console import Console
 
-        console = Console()
+        console = Console(emoji=False)
         train(dirs, cfg, log=lambda msg: console.print(msg, markup=False, highlight=False))
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
