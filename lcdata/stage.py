@@ -35,14 +35,19 @@ class StageStats:
     in_: int = 0
     out: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    notes: Counter[str] = field(default_factory=Counter)  # stage-specific counts (e.g. per ablation)
 
     def to_json(self) -> dict[str, Any]:
-        return {"in": self.in_, "out": self.out, "dropped": dict(sorted(self.dropped.items()))}
+        d: dict[str, Any] = {"in": self.in_, "out": self.out, "dropped": dict(sorted(self.dropped.items()))}
+        if self.notes:
+            d["notes"] = dict(sorted(self.notes.items()))
+        return d
 
     def merge(self, other: dict[str, Any]) -> None:
         self.in_ += other["in"]
         self.out += other["out"]
         self.dropped.update(other["dropped"])
+        self.notes.update(other.get("notes", {}))
 
 
 class Lineage:

@@ -44,6 +44,9 @@ def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
     shards = B.plan_build(cfg)  # plan first: a bad source path fails before anything is written
     B.prepare_output(cfg, Path(out))
     print(f"lcdata build: {len(shards)} input shard(s) -> {out}")
+    dd = B.dedup_documents(cfg, shards, Path(out))  # whole-build step: before any shard task
+    if dd:
+        print(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
     futures = process_shard_task.map(unmapped(cfg_json), shards, unmapped(out))
     stats = []
     with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:

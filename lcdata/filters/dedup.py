@@ -1,0 +1,56 @@
+"""Near-duplicate removal with MinHash LSH (datasketch).
+
+Documents (before assembly, over the whole build): word 5-gram shingles, Jaccard above
+``doc_threshold``; the document first in id order stays, later ones are dropped (reason
+``near_duplicate``). Questions (before packing, over the whole build): question + answer as
+character 5-grams of the normalised text, per task, above ``question_threshold`` (reason
+``duplicate_question``). Both are deterministic: the order is the sorted ids, not the
+order workers finished in.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from datasketch import MinHash, MinHashLSH
+
+from lcdata.filters.scoring import normalize
+
+_WORD = re.compile(r"\w+")
+
+
+def word_shingles(text: str, n: int = 5) -> set[str]:
+    w = _WORD.findall(text.lower())
+    if len(w) < n:
+        return {" ".join(w)}
+    return {" ".join(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+def char_shingles(text: str, n: int = 5) -> set[str]:
+    t = normalize(text)
+    return {t[i:i + n] for i in range(max(1, len(t) - n + 1))}
+
+
+def minhash(shingles: set[str], num_perm: int) -> MinHash:
+    m = MinHash(num_perm=num_perm, seed=1)
+    m.update_batch([s.encode() for s in sorted(shingles)])
+    return m
+
+
+def near_duplicates(items: Iterable[tuple[str, set[str]]], threshold: float, num_perm: int) -> dict[str, str]:
+    """``items``: (id, shingles). Returns {dropped id: the id it duplicates}, first in id order kept."""
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    sigs: dict[str, MinHash] = {}
+    dups: dict[str, str] = {}
+    for rid, sh in sorted(items, key=lambda x: x[0]):
+        m = minhash(sh, num_perm)
+        hits = sorted(lsh.query(m))
+        # LSH candidates are approximate: confirm with the estimated Jaccard
+        hit = next((h for h in hits if sigs[h].jaccard(m) >= threshold), None)
+        if hit is not None:
+            dups[rid] = hit
+            continue
+        lsh.insert(rid, m)
+        sigs[rid] = m
+    return dups

@@ -1,0 +1,164 @@
+"""Per-sample checks with the generation engine.
+
+``VerifyStage`` proves long dependency: each eligible sample's question is answered three
+ways, greedily: (a) closed-book, (b) with only a window of ``window_tokens`` around one
+evidence span (tried for up to ``max_windows`` spans; the best counts), (c) with the full
+context. Scores against the reference answer (``lcdata.filters.scoring``) are stored in
+``meta.verify``; a sample stays when (c) succeeds and (a) and (b) fail. Drop reasons, in
+this order: ``answerable_closed_book``, ``answerable_locally``, ``full_context_fails``. The
+stage's ``notes`` count every ablation independently (how many each one alone rejected).
+
+``JudgeStage`` asks the engine for a 1-10 quality score with a reason (structured output)
+and drops ``low_judge_score`` below ``min_score``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from lcdata.config import JudgeFilter, VerifyFilter
+from lcdata.engine import Engine, Request
+from lcdata.filters.scoring import score
+from lcdata.schema import PURPOSE_TRAIN, Sample
+from lcdata.stage import Stage
+from lcdata.tasks.base import DOC_CLOSE, DOC_OPEN
+from lcdata.tasks.synth import template
+from lcdata.tokenize import ChatTokenizer
+
+VERIFY_VERSION = "verify.v1"
+BRIEF = "\n\nAnswer briefly."
+
+
+def question_of(s: Sample) -> str:
+    """The question a sample asks, without its context."""
+    if s.context_message < 0:
+        return s.messages[0]["content"]
+    content = s.messages[s.context_message]["content"]
+    q = content[s.context_offset + s.context_chars:]
+    return q[len(DOC_CLOSE):] if q.startswith(DOC_CLOSE) else q.lstrip()
+
+
+def local_windows(s: Sample, tok: ChatTokenizer, window_tokens: int, max_windows: int) -> list[str]:
+    """Text windows of ``window_tokens`` centred on evidence spans (first, last, then middle ones)."""
+    text = s.context_text()
+    off = tok.offsets(text)
+    ev = sorted(s.evidence, key=lambda e: e.start)
+    order = [ev[0], ev[-1], *ev[1:-1]] if len(ev) > 1 else ev
+    out: list[str] = []
+    for e in order[:max_windows]:
+        mid = (e.token_start + e.token_end) // 2
+        a = max(0, min(mid - window_tokens // 2, len(off) - window_tokens))
+        b = min(len(off), a + window_tokens)
+        if b > a:
+            win = text[int(off[a][0]):int(off[b - 1][1])]
+            if win not in out:
+                out.append(win)
+    return out
+
+
+class VerifyStage(Stage[Sample, Sample]):
+    name = "verify"
+
+    def __init__(self, cfg: VerifyFilter, engine: Engine, tok: ChatTokenizer) -> None:
+        super().__init__()
+        self.cfg, self.engine, self.tok = cfg, engine, tok
+
+    def eligible(self, s: Sample) -> bool:
+        return s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN and s.context_message >= 0 and bool(s.evidence)
+
+    def _req(self, content: str, kind: str) -> Request:
+        return Request([{"role": "user", "content": content}], None, f"{VERIFY_VERSION}:{kind}", self.cfg.max_tokens,
+                       temperature=0.0)
+
+    def run(self, records: Iterable[Sample]) -> Iterator[Sample]:
+        samples = list(records)
+        self.stats.in_ += len(samples)
+        limit = self.engine.cfg.max_model_len - self.cfg.max_tokens - 64
+        plan: list[tuple[Sample, int, int]] = []  # sample, first request, number of windows
+        reqs: list[Request] = []
+        for s in samples:
+            if not self.eligible(s):
+                continue
+            if s.context_tokens > limit:
+                self.stats.notes["skipped_longer_than_engine"] += 1
+                s.meta["verify"] = {"skipped": f"context of {s.context_tokens} tokens > engine.max_model_len budget {limit}"}
+                continue
+            q = question_of(s) + BRIEF
+            wins = local_windows(s, self.tok, self.cfg.window_tokens, self.cfg.max_windows)
+            plan.append((s, len(reqs), len(wins)))
+            reqs.append(self._req(q, "closed"))
+            reqs.extend(self._req(DOC_OPEN + w + DOC_CLOSE + q, "local") for w in wins)
+            reqs.append(self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full"))
+        outs = self.engine.generate(reqs) if reqs else []
+        verdict: dict[str, tuple[str, str] | None] = {}
+        for s, i, n in plan:
+            ref = s.messages[-1]["content"]
+            closed = score(outs[i], ref, self.cfg.metric)
+            local = max((score(o, ref, self.cfg.metric) for o in outs[i + 1:i + 1 + n]), default=0.0)
+            full = score(outs[i + 1 + n], ref, self.cfg.metric)
+            s.meta["verify"] = {"metric": self.cfg.metric, "closed": round(closed, 4), "local": round(local, 4),
+                                "full": round(full, 4), "answers": {"closed": outs[i][:200],
+                                                                    "full": outs[i + 1 + n][:200]}}
+            self.stats.notes["checked"] += 1
+            fails = {"answerable_closed_book": closed >= self.cfg.closed_max,
+                     "answerable_locally": local >= self.cfg.local_max,
+                     "full_context_fails": self.cfg.require_full and full < self.cfg.full_min}
+            for k, v in fails.items():
+                self.stats.notes[k] += int(v)
+            reason = next((k for k, v in fails.items() if v), None)
+            verdict[s.id] = (reason, f"closed {closed:.2f}, local {local:.2f}, full {full:.2f} ({self.cfg.metric})") \
+                if reason else None
+        for s in samples:
+            v = verdict.get(s.id)
+            if v is None:
+                self.stats.out += 1
+                yield s
+            else:
+                self.drop(s.id, v[0], v[1], s.to_row())
+
+
+JUDGE_VERSION = "judge.v1"
+JUDGE_SCHEMA = {
+    "type": "object",
+    "properties": {"score": {"type": "integer", "minimum": 1, "maximum": 10},
+                   "reason": {"type": "string", "maxLength": 200}},
+    "required": ["score", "reason"],
+    "additionalProperties": False,
+}
+
+
+class JudgeStage(Stage[Sample, Sample]):
+    name = "judge"
+
+    def __init__(self, cfg: JudgeFilter, engine: Engine) -> None:
+        super().__init__()
+        self.cfg, self.engine = cfg, engine
+
+    def run(self, records: Iterable[Sample]) -> Iterator[Sample]:
+        samples = list(records)
+        self.stats.in_ += len(samples)
+        todo = [s for s in samples if s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN]
+        tpl = template(JUDGE_VERSION)
+        reqs = [Request([{"role": "user", "content": tpl.format(
+            question=question_of(s).strip()[:600], answer=s.messages[-1]["content"][:600],
+            evidence="\n".join(f"- {e.text[:300]}" for e in s.evidence[:6]) or "(none recorded)")}],
+            JUDGE_SCHEMA, JUDGE_VERSION, 128, temperature=0.0) for s in todo]
+        outs = dict(zip([s.id for s in todo], self.engine.generate(reqs) if reqs else [], strict=True))
+        for s in samples:
+            if s.id in outs:
+                try:
+                    obj = json.loads(outs[s.id])
+                    sc, why = int(obj["score"]), str(obj["reason"])
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+                    self.stats.notes["unparsable_kept"] += 1  # a judge failure is not the sample's fault
+                    s.meta["judge"] = None
+                else:
+                    s.meta["judge"] = {"score": sc, "reason": why}
+                    self.stats.notes[f"score_{sc:02d}"] += 1
+                    if sc < self.cfg.min_score:
+                        self.drop(s.id, "low_judge_score", f"judge score {sc} < {self.cfg.min_score}: {why}",
+                                  s.to_row())
+                        continue
+            self.stats.out += 1
+            yield s
