@@ -102,6 +102,7 @@ def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -
         reader = ReadStage(cfg.read).bind(Lineage(), RejectSink(None))  # counted again by the shard task
         items.extend((d.id, word_shingles(d.text)) for d in read_shard(shard, src, reader))
     dups = near_duplicates(items, dc.doc_threshold, dc.num_perm)
+    (out / DEDUP_DOCS).parent.mkdir(parents=True, exist_ok=True)
     write_json(out / DEDUP_DOCS, {"threshold": dc.doc_threshold, "documents": len(items), "duplicates": dups})
     return {"documents": len(items), "duplicates": len(dups)}
 

@@ -232,7 +232,8 @@ class DedupFilter(_Strict):
     documents: bool = False
     questions: bool = False
     doc_threshold: float = Field(0.8, gt=0, lt=1, description="Jaccard of word 5-gram sets above which documents are duplicates.")
-    question_threshold: float = Field(0.7, gt=0, lt=1, description="Jaccard of char 5-gram sets (question + answer).")
+    question_threshold: float = Field(0.6, gt=0, lt=1, description="Jaccard of char 5-gram sets (question + answer); "
+                                      "two changed words in a 12-word question is ~0.7.")
     num_perm: int = Field(128, ge=16)
     tasks: list[str] = Field(default_factory=lambda: list(QA_TASKS), description="Tasks whose questions are deduplicated.")
 

@@ -180,6 +180,9 @@ _BACKENDS: dict[str, Any] = {}
 # vLLM's offline LLM is not thread-safe (one caller's engine steps would collect another's
 # outputs); build tasks run in threads, so calls into a backend take turns.
 _LOCK = threading.Lock()
+# Model loading (vLLM, transformers models in filters) one thread at a time: transformers'
+# lazy imports race when two threads resolve them at once ("cannot import name AutoModel").
+INIT_LOCK = threading.RLock()
 
 
 class Engine:
@@ -197,7 +200,7 @@ class Engine:
         every Engine of this process with the same config: once per worker, not per task."""
         if self._backend is None:
             key = self.cfg.model_dump_json()
-            with _LOCK:
+            with INIT_LOCK:
                 if key not in _BACKENDS:
                     _BACKENDS[key] = _Offline(self.cfg) if self.cfg.mode == "offline" else _HTTP(self.cfg)
             self._backend = _BACKENDS[key]

@@ -131,6 +131,9 @@ def print_summary(info: dict[str, Any]) -> None:
     for name, st in lin["stages"].items():
         tb.add_row(name, f"{st['in']:,}", f"{st['out']:,}", ", ".join(f"{k}={v}" for k, v in st["dropped"].items()) or "-")
     c.print(tb)
+    for name, st in lin["stages"].items():
+        if st.get("notes"):  # per-check counts (verify: each ablation alone; rebalance: histograms)
+            c.print(f"{name}: " + ", ".join(f"{k}={v:,}" for k, v in st["notes"].items()))
     d, s = lin["documents"], lin["samples"]
     c.print(f"documents: read {d['read']:,} = used {d['used']:,} + dropped {sum(d['dropped'].values()):,}; "
             f"samples: made {s['made']:,} = packed {s['packed']:,} + eval {s['eval']:,} + dropped {sum(s['dropped'].values()):,}")

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from lcdata.config import CoherenceFilter
+from lcdata.engine import INIT_LOCK
 from lcdata.schema import Context
 from lcdata.stage import Filter
 
@@ -74,9 +75,10 @@ _SHARED: dict[str, Any] = {}
 
 def shared(name: str, make: Any) -> Any:
     """One model per process (threads of a build share it; loading costs seconds)."""
-    if name not in _SHARED:
-        _SHARED[name] = make()
-    return _SHARED[name]
+    with INIT_LOCK:
+        if name not in _SHARED:
+            _SHARED[name] = make()
+        return _SHARED[name]
 
 
 def pieces(ctx: Context, n_chunks: int) -> list[str]:

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lcdata.config import DecontamFilter
+from lcdata.engine import INIT_LOCK
 from lcdata.read.corpora import eval_data_dir
 from lcdata.schema import PURPOSE_TRAIN, Sample
 from lcdata.stage import Filter
@@ -111,9 +112,10 @@ _INDEXES: dict[str, EvalIndex] = {}
 def eval_index(cfg: DecontamFilter) -> EvalIndex:
     """One index per process and config (building it reads ~100 MB of JSON once)."""
     key = cfg.model_dump_json()
-    if key not in _INDEXES:
-        _INDEXES[key] = EvalIndex.build(cfg)
-    return _INDEXES[key]
+    with INIT_LOCK:  # two build threads must not both build (and write) it
+        if key not in _INDEXES:
+            _INDEXES[key] = EvalIndex.build(cfg)
+        return _INDEXES[key]
 
 
 class DecontamStage(Filter[Sample]):

@@ -40,7 +40,8 @@ def minhash(shingles: set[str], num_perm: int) -> MinHash:
 
 def near_duplicates(items: Iterable[tuple[str, set[str]]], threshold: float, num_perm: int) -> dict[str, str]:
     """``items``: (id, shingles). Returns {dropped id: the id it duplicates}, first in id order kept."""
-    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    # weigh false negatives 9:1: candidates are confirmed by the estimated Jaccard below anyway
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm, weights=(0.1, 0.9))
     sigs: dict[str, MinHash] = {}
     dups: dict[str, str] = {}
     for rid, sh in sorted(items, key=lambda x: x[0]):
