@@ -22,6 +22,7 @@ import json
 import logging
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -269,10 +270,13 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
         "documents": {
             "read": read.get("out", 0),
             "used": asm.get("out", 0),
-            "dropped": asm.get("dropped", {}),
+            # assembly's drops and the near-duplicates removed before it
+            "dropped": dict(sorted((Counter(asm.get("dropped", {}))
+                                    + Counter(lineage.get("dedup_documents", {}).get("dropped", {}))).items())),
             "rejected_at_read": read.get("dropped", {}),
         },
         "contexts": tasks.get("in", 0),
+        "contexts_dropped": lineage.get("coherence", {}).get("dropped", {}),
         # per LLM task: samples planned = made + dropped by reason
         "synthesis": {k: {"planned": v.get("in", 0), "made": v.get("out", 0), "dropped": v.get("dropped", {})}
                       for k, v in synth_stages.items()},

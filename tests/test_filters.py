@@ -174,6 +174,8 @@ def test_build_with_cheap_filters_adds_up(base_cfg, tmp_path):
         assert s["in"] == s["out"] + sum(s["dropped"].values()), name
     s = m["lineage"]["samples"]
     assert s["made"] == s["packed"] + s["eval"] + sum(s["dropped"].values())
+    d = m["lineage"]["documents"]
+    assert d["read"] == d["used"] + sum(d["dropped"].values()) and d["dropped"]["near_duplicate"] >= 1
     assert m["totals"]["rows"] > 0
 
 
