@@ -204,3 +204,17 @@ def test_verification_with_the_real_engine(tok, model_dir):
     assert far.id in kept and kept[far.id].meta["verify"]["local"] < 0.5
     st = lin.stage("verify")
     assert st.in_ == st.out + sum(st.dropped.values()) and notes["checked"] == 3
+    # the far-apart HotpotQA evidence also passes the distance check
+    from lcdata.filters.evidence import DistanceFilter
+
+    d, _ = bound(DistanceFilter(EvidenceFilter(min_distance_tokens=1000, min_distance_frac=0.5)))
+    assert [x.id for x in d.run([far])] == [far.id]
+    # the judge: a structured 1-10 verdict on each, counts that add up
+    from lcdata.config import JudgeFilter
+    from lcdata.filters.verify import JudgeStage
+
+    j, jl = bound(JudgeStage(JudgeFilter(enabled=True, min_score=1), eng))
+    judged = list(j.run([local, closed, far]))
+    assert len(judged) == 3 and all(1 <= x.meta["judge"]["score"] <= 10 for x in judged if x.meta["judge"])
+    js = jl.stage("judge")
+    assert js.in_ == js.out + sum(js.dropped.values()) == 3
