@@ -266,7 +266,9 @@ class VerifyFilter(_Strict):
     tasks: list[str] = Field(default_factory=lambda: list(VERIFY_TASKS), description="Tasks whose samples are verified.")
     window_tokens: int = Field(256, ge=32, description="Local window around one evidence span.")
     max_windows: int = Field(3, ge=1, description="Evidence spans tried as local windows (any success = local).")
-    metric: Literal["f1", "em", "recall"] = Field("f1", description="Answer vs reference: SQuAD-normalised.")
+    metric: Literal["f1", "em", "recall", "llm"] = Field(
+        "f1", description="Answer vs reference: SQuAD-normalised EM / F1 / recall, or `llm`: the engine judges "
+        "whether each answer matches the reference (1 or 0; one more request per answer).")
     full_min: float = Field(0.5, ge=0, le=1, description="Full-context score must reach this.")
     closed_max: float = Field(0.5, ge=0, le=1, description="Closed-book score must stay below this.")
     local_max: float = Field(0.5, ge=0, le=1, description="Best local-window score must stay below this.")

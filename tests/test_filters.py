@@ -204,6 +204,12 @@ def test_verification_with_the_real_engine(tok, model_dir):
     assert far.id in kept and kept[far.id].meta["verify"]["local"] < 0.5
     st = lin.stage("verify")
     assert st.in_ == st.out + sum(st.dropped.values()) and notes["checked"] == 3
+    # the engine as the answer matcher (metric llm): same plumbing, scores are 0/1
+    f2, lin2 = bound(VerifyStage(VerifyFilter(enabled=True, require_full=False, metric="llm"), eng, tok))
+    list(f2.run([local]))
+    v = local.meta["verify"]
+    assert v["metric"] == "llm" and {v["closed"], v["local"], v["full"]} <= {0.0, 1.0}
+    assert lin2.stage("verify").notes["checked"] == 1
     # the far-apart HotpotQA evidence also passes the distance check
     from lcdata.filters.evidence import DistanceFilter
 

@@ -57,8 +57,35 @@ def local_windows(s: Sample, tok: ChatTokenizer, window_tokens: int, max_windows
     return out
 
 
+MATCH_VERSION = "answer_match.v1"
+MATCH_SCHEMA = {"type": "object", "properties": {"correct": {"type": "boolean"}}, "required": ["correct"],
+                "additionalProperties": False}
+
+
 class VerifyStage(Stage[Sample, Sample]):
     name = "verify"
+
+    def _score(self, plan: list[tuple[Sample, int, int]], outs: list[str]) -> list[float]:
+        """One score per answer, in request order: a metric against the reference, or (``llm``)
+        the engine's yes/no on whether the answer matches it."""
+        refs: list[tuple[Sample, str]] = []
+        for s, _, n in plan:
+            refs.extend([(s, s.messages[-1]["content"])] * (n + 2))
+        if self.cfg.metric != "llm":
+            return [score(o, ref, self.cfg.metric) for o, (_, ref) in zip(outs, refs, strict=True)]
+        tpl = template(MATCH_VERSION)
+        reqs = [Request([{"role": "user", "content": tpl.format(question=question_of(s).strip()[:600],
+                                                                reference=ref[:400], candidate=o[:400])}],
+                        MATCH_SCHEMA, MATCH_VERSION, 16, temperature=0.0)
+                for o, (s, ref) in zip(outs, refs, strict=True)]
+        out = []
+        for text in self.engine.generate(reqs) if reqs else []:
+            try:
+                out.append(1.0 if json.loads(text)["correct"] is True else 0.0)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                self.stats.notes["match_unparsable"] += 1
+                out.append(0.0)
+        return out
 
     def __init__(self, cfg: VerifyFilter, engine: Engine, tok: ChatTokenizer) -> None:
         super().__init__()
@@ -91,12 +118,12 @@ class VerifyStage(Stage[Sample, Sample]):
             reqs.extend(self._req(DOC_OPEN + w + DOC_CLOSE + q, "local") for w in wins)
             reqs.append(self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full"))
         outs = self.engine.generate(reqs) if reqs else []
+        scores = self._score(plan, outs)
         verdict: dict[str, tuple[str, str] | None] = {}
         for s, i, n in plan:
-            ref = s.messages[-1]["content"]
-            closed = score(outs[i], ref, self.cfg.metric)
-            local = max((score(o, ref, self.cfg.metric) for o in outs[i + 1:i + 1 + n]), default=0.0)
-            full = score(outs[i + 1 + n], ref, self.cfg.metric)
+            closed = scores[i]
+            local = max(scores[i + 1:i + 1 + n], default=0.0)
+            full = scores[i + 1 + n]
             s.meta["verify"] = {"metric": self.cfg.metric, "closed": round(closed, 4), "local": round(local, 4),
                                 "full": round(full, 4), "answers": {"closed": outs[i][:200],
                                                                     "full": outs[i + 1 + n][:200]}}
