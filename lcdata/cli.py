@@ -83,6 +83,34 @@ def inspect(
 
 
 @app.command()
+def schedule(
+    config: Path = typer.Argument(..., help="Build config YAML."),
+    out_root: Path = typer.Option(..., "--out-root", help="Each run writes OUT_ROOT/<UTC time>/; OUT_ROOT/latest follows."),
+    cron: str = typer.Option(..., "--cron", help='Cron schedule, e.g. "0 3 * * *" (UTC).'),
+    name: str = typer.Option("lcdata", "--name", help="Deployment name."),
+    pool: str = typer.Option("lcdata", "--pool", help="Process work pool (created if missing)."),
+    workers: int = typer.Option(2, help="Threads per build."),
+) -> None:
+    """Deploy the build on a cron schedule to a Prefect server (PREFECT_API_URL), run by a
+    process work pool: start a worker with `prefect worker start --pool POOL`."""
+    import os
+
+    try:
+        load_config(config)
+    except ConfigError as e:
+        _fail(str(e))
+    if not os.environ.get("PREFECT_API_URL"):
+        _fail("PREFECT_API_URL is not set: start a server (`prefect server start --host 127.0.0.1 --port 4200`) "
+              "and `export PREFECT_API_URL=http://127.0.0.1:4200/api`")
+    from pipelines.build import deploy_schedule
+
+    dep_id = deploy_schedule(config.resolve(), out_root.resolve(), cron, name, pool, workers)
+    console.print(f"[green]deployed[/] lcdata-scheduled-build/{name} ({dep_id}) on {cron!r} to pool {pool!r}. "
+                  f"Run it with a worker: `prefect worker start --pool {pool}`; now: "
+                  f"`prefect deployment run lcdata-scheduled-build/{name}`", highlight=False)
+
+
+@app.command()
 def show(
     dir: Path = typer.Argument(..., help="A built dataset directory."),
     row: int = typer.Option(0, "--row", "-r", help="Packed row index (over all shards)."),

@@ -35,7 +35,22 @@ def process_shard_task(cfg_json: dict[str, Any], shard: dict[str, Any], out: str
 @task(name="pack-and-write", cache_policy=NONE)
 def pack_task(cfg_json: dict[str, Any], stats: list[dict[str, Any]], out: str) -> dict[str, Any]:
     m = B.pack_and_write(parse_config(cfg_json), stats, Path(out))
+    _publish_artifact(m, stats, out)
     return {"totals": m["totals"], "shards": len(m["shards"])}
+
+
+def _publish_artifact(m: dict[str, Any], stats: list[dict[str, Any]], out: str) -> None:
+    """A table artifact per build (Prefect UI -> Artifacts): counts, drops, fill, timings."""
+    from prefect.artifacts import create_table_artifact
+
+    rows = [{"stage": k, "in": v["in"], "out": v["out"],
+             "dropped": ", ".join(f"{r}={n}" for r, n in v["dropped"].items()) or "-"}
+            for k, v in m["lineage"]["stages"].items()]
+    t = m["totals"]
+    rows.append({"stage": "TOTAL", "in": t["samples"], "out": t["rows"],
+                 "dropped": f"rows {t['rows']}, tokens {t['tokens']}, fill {t['fill']:.2%}, "
+                            f"shard seconds {sum(s['seconds'] for s in stats):.1f}"})
+    create_table_artifact(key="lcdata-build", table=rows, description=f"lcdata build {m['name']} -> {out}")
 
 
 @flow(name="lcdata-build", log_prints=True)
@@ -55,6 +70,54 @@ def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
             stats.append(f.result())
             bar.advance(job)
     return pack_task(cfg_json, stats, out)
+
+
+def update_latest(out_root: Path, version: str) -> None:
+    """Point ``OUT_ROOT/latest`` at ``version`` atomically (symlink, then rename over)."""
+    tmp = out_root / f".latest.{os.getpid()}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(version, tmp)
+    os.replace(tmp, out_root / "latest")
+
+
+@flow(name="lcdata-scheduled-build", log_prints=True)
+def scheduled_build(config: str, out_root: str, workers: int = 2) -> dict[str, Any]:
+    """What a deployment runs: build ``config`` into ``OUT_ROOT/<scheduled UTC time>/`` and move
+    ``OUT_ROOT/latest`` to it only once the manifest is written. A retried run of the same
+    schedule slot resumes in the same directory."""
+    from datetime import UTC, datetime
+
+    from prefect.runtime import flow_run
+
+    from lcdata.config import dump_config, load_config
+
+    when = flow_run.scheduled_start_time or datetime.now(UTC)
+    version = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
+    root = Path(out_root)
+    out = root / version
+    cfg = load_config(config)
+    print(f"scheduled build {cfg.name}: {out}")
+    result = build_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))(dump_config(cfg), str(out))
+    update_latest(root, version)
+    return {"version": version, "out": str(out), **result}
+
+
+def deploy_schedule(config: Path, out_root: Path, cron: str, name: str, pool: str, workers: int = 2) -> str:
+    """Create the process work pool if missing and deploy ``scheduled_build`` from this
+    repository with a cron schedule; returns the deployment id."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=pool, type="process"))
+        except ObjectAlreadyExists:
+            pass
+    root = Path(__file__).resolve().parent.parent
+    dep = scheduled_build.from_source(source=str(root), entrypoint="pipelines/build.py:scheduled_build")
+    return str(dep.deploy(name=name, work_pool_name=pool, cron=cron, build=False, push=False, print_next_steps=False,
+                          parameters={"config": str(config), "out_root": str(out_root), "workers": workers}))
 
 
 def run_build(cfg_json: dict[str, Any], out: str | Path, workers: int = 2) -> dict[str, Any]:
