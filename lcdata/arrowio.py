@@ -67,6 +67,10 @@ def write_json(path: Path, obj: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2) + "\n")
     fsync(tmp)
+    if path.name == "manifest.json":
+        from lcdata.faults import crash_point
+
+        crash_point("manifest")
     os.replace(tmp, path)
 
 

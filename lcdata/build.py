@@ -36,6 +36,7 @@ from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file, write_json
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
 from lcdata.engine import Engine
+from lcdata.faults import crash_point
 from lcdata.filters.coherence import CoherenceStage
 from lcdata.filters.decontam import DecontamStage
 from lcdata.filters.dedup import char_shingles, near_duplicates, word_shingles
@@ -221,6 +222,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
                 rows = []
         if rows:
             tok_w.write(_tokenized_batch(rows))
+        crash_point("tokenized")
         for w in writers:
             w.close()
         rejects.close()
@@ -238,6 +240,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     }
     write_json(work / "stats.json", stats)
     write_json(done, {"key": key})
+    crash_point("shard_done")
     return stats
 
 
@@ -408,6 +411,7 @@ def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_
         hi = max(lo + 1, int(np.searchsorted(ends, base + max_tokens, side="right")))
         path = shard_dir / f"shard-{len(shards):05d}.arrow"
         shards.append(write_shard(iter_row_batches(store, plan, lo, hi), path))
+        crash_point("pack")
         lo = hi
     return shards
 

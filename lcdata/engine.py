@@ -22,6 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lcdata.arrowio import fsync
+from lcdata.faults import crash_point
 
 
 class EngineConfig(BaseModel):
@@ -220,4 +221,5 @@ class Engine:
                     texts = backend.run([r for _, r in batch])
             self.calls += len(batch)
             self.cache.add({k: t for (k, _), t in zip(batch, texts, strict=True)})
+            crash_point("engine_batch")
         return [self.cache.get(k) or "" for k in keys]

@@ -69,7 +69,7 @@ def test_cron_deployment_runs_on_a_process_worker(model_dir, tmp_path):
                               "--cron", "0 3 * * *", "--name", "nightly", "--pool", "lcdata-test"],
                              env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert out.returncode == 0, out.stderr
-        probe = f"""
+        probe = """
 import asyncio, json, sys
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
@@ -83,9 +83,9 @@ for _ in range(60):
     if "SCHEDULED" in states:
         break
     import time; time.sleep(1)
-print(json.dumps({{"scheduled": states}}))
+print(json.dumps({"scheduled": states}))
 r = run_deployment("lcdata-scheduled-build/nightly", timeout=300, poll_interval=1)
-print(json.dumps({{"final": r.state.type.value}}))
+print(json.dumps({"final": r.state.type.value}))
 """
         worker = start([str(BIN / "prefect"), "worker", "start", "--pool", "lcdata-test"], env, tmp_path / "worker.log")
         res = subprocess.run([sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True,
