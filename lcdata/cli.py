@@ -37,6 +37,8 @@ def build(
     out: Path = typer.Option(..., "--out", "-o", help="Output directory."),
     workers: int = typer.Option(2, help="Threads running input-shard tasks."),
     local: bool = typer.Option(False, "--local", help="Run in-process without Prefect (debugging)."),
+    dask_address: str | None = typer.Option(None, "--dask-address", help="Run the shard tasks on this Dask "
+                                            "scheduler (tcp://HOST:8786); paths must be on shared storage."),
 ) -> None:
     """Build a dataset: read, assemble, make samples, tokenize, pack and shard (a Prefect flow)."""
     try:
@@ -55,7 +57,7 @@ def build(
         else:
             from pipelines.build import run_build
 
-            totals = run_build(dump_config(cfg), out, workers=workers)["totals"]
+            totals = run_build(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
     except (SourceError, MissingCorpusError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(

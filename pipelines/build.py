@@ -120,7 +120,15 @@ def deploy_schedule(config: Path, out_root: Path, cron: str, name: str, pool: st
                           parameters={"config": str(config), "out_root": str(out_root), "workers": workers}))
 
 
-def run_build(cfg_json: dict[str, Any], out: str | Path, workers: int = 2) -> dict[str, Any]:
-    """Run the flow with a thread pool of ``workers`` (ephemeral Prefect server if no API URL)."""
-    flow_ = build_flow.with_options(task_runner=ThreadPoolTaskRunner(max_workers=workers))
-    return flow_(cfg_json, str(Path(out).resolve()))
+def run_build(cfg_json: dict[str, Any], out: str | Path, workers: int = 2,
+              dask_address: str | None = None) -> dict[str, Any]:
+    """Run the flow with a thread pool of ``workers`` (ephemeral Prefect server if no API URL),
+    or on an existing Dask cluster (``dask_address``, e.g. tcp://10.0.0.5:8786): one task per
+    input shard on the Dask workers, each worker process holding its own engine."""
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        runner: Any = DaskTaskRunner(address=dask_address)
+    else:
+        runner = ThreadPoolTaskRunner(max_workers=workers)
+    return build_flow.with_options(task_runner=runner)(cfg_json, str(Path(out).resolve()))

@@ -63,3 +63,44 @@ def test_same_bytes_whatever_the_number_of_workers(cfg_and_clean):
         out = tmp / f"flow-{w}"
         assert build(cfg, out, flow=True, workers=w) == 0
         assert digest(out) == clean, f"{w} workers"
+
+
+def test_dask_cluster_gives_the_same_bytes(cfg_and_clean):
+    """A Dask scheduler and 2 worker processes on 127.0.0.1 (started and stopped here, by PID)."""
+    import signal
+    import socket
+    import time
+
+    cfg, clean, tmp = cfg_and_clean
+    root = Path(__file__).resolve().parent.parent
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    addr = f"tcp://127.0.0.1:{port}"
+    procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--dashboard-address", "127.0.0.1:0"], env=env, cwd=root, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        time.sleep(3)
+        procs.append(subprocess.Popen([str(BIN / "dask"), "worker", addr, "--nworkers", "2", "--nthreads", "1",
+                                       "--dashboard-address", "127.0.0.1:0"], env=env, cwd=root,
+                                      start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+
+        with Client(addr, timeout=60) as c:
+            c.wait_for_workers(2, timeout=120)
+        out = tmp / "dask"
+        r = subprocess.run([str(BIN / "lcdata"), "build", str(cfg), "--out", str(out), "--dask-address", addr],
+                           env={**env, "PREFECT_LOGGING_LEVEL": "WARNING"}, cwd=root, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert digest(out) == clean
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(p.pid, signal.SIGKILL)
