@@ -43,7 +43,7 @@ def test_chunks_are_far_apart_and_spread():
     assert pick_chunks(TEXT[:2000], 3, 1000, 0.25, rng) is None
 
 
-def stage(tok, cfg=None, ctx_tokens=None):
+def stage(tok, cfg=None):
     lin = Lineage()
     cfg = cfg or MultihopTask()
     st = LLM_STAGES[cfg.kind](cfg, Engine(EngineConfig()), tok, 0, 2048).bind(lin, RejectSink(None))
