@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 from pathlib import Path
 from typing import Any
@@ -77,3 +78,12 @@ def write_json(path: Path, obj: Any) -> None:
 def open_ipc(path: Path) -> pa.Table:
     """Memory-mapped table of an Arrow IPC file (no copy)."""
     return ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
+def open_ipc_mapped(path: Path) -> tuple[pa.Table, mmap.mmap]:
+    """Like ``open_ipc``, over a Python ``mmap`` the caller keeps: ``mm.madvise(MADV_DONTNEED)``
+    then drops the pages read so far from the process (they are re-read from the page cache
+    if touched again), which keeps a long streaming pass's resident memory flat."""
+    with open(path, "rb") as f:
+        mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    return ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all(), mm

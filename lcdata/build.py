@@ -28,11 +28,10 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import yaml
 
 from lcdata import __version__
-from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file, write_json
+from lcdata.arrowio import ArrowWriter, open_ipc, open_ipc_mapped, sha256_file, write_json
 from lcdata.assemble import Assembler
 from lcdata.config import BuildConfig, dump_config
 from lcdata.engine import Engine
@@ -344,15 +343,12 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
     t0 = time.perf_counter()
     global_lineage = Lineage()
     exclude = select_samples(cfg, out, global_lineage)
-    excluded = pa.array(sorted(exclude), pa.string())
     store = TokenStore()
     for st in sorted(shard_stats, key=lambda s: s["shard"]):
-        path = out / "work" / st["shard"] / "tokenized.arrow"
-        batch = open_ipc(path)
-        if len(excluded):
-            batch = batch.filter(pc.invert(pc.is_in(batch.column("sample_id"), value_set=excluded)))
-        store.add_batch(batch)
-    plan = plan_pack(store, cfg.pack, cfg.seed)
+        table, mm = open_ipc_mapped(out / "work" / st["shard"] / "tokenized.arrow")
+        store.add_batch(table)
+        store.maps.append(mm)
+    plan = plan_pack(store, cfg.pack, cfg.seed, exclude)
     pack_rejects = RejectSink(out / "rejects" / "pack.arrow")
     for sid, reason, msg in plan.dropped:
         pack_rejects.add("pack", reason, msg, sid, "")
@@ -411,6 +407,7 @@ def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_
         hi = max(lo + 1, int(np.searchsorted(ends, base + max_tokens, side="right")))
         path = shard_dir / f"shard-{len(shards):05d}.arrow"
         shards.append(write_shard(iter_row_batches(store, plan, lo, hi), path))
+        store.release_pages()  # resident memory stays about one output shard, whatever the build size
         crash_point("pack")
         lo = hi
     return shards

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import mmap
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,12 @@ class TokenStore:
     plus per-sample lengths and split flags as numpy arrays."""
 
     batches: list[pa.RecordBatch] = field(default_factory=list)
+    maps: list[Any] = field(default_factory=list)  # mmaps behind the batches (see release_pages)
+
+    def release_pages(self) -> None:
+        """Drop the pages of the memory-mapped inputs read so far from this process's memory."""
+        for mm in self.maps:
+            mm.madvise(mmap.MADV_DONTNEED)
 
     def add_batch(self, batch: pa.RecordBatch | pa.Table) -> None:
         if isinstance(batch, pa.Table):
@@ -202,14 +209,20 @@ def _mix(store: TokenStore, keep: np.ndarray, ratio: float, rng: np.random.Gener
     return out
 
 
-def plan_pack(store: TokenStore, cfg: PackConfig, seed: int) -> PackPlan:
+def plan_pack(store: TokenStore, cfg: PackConfig, seed: int, exclude: set[str] | None = None) -> PackPlan:
+    """``exclude``: sample ids left out by whole-build selection (counted by their own stage)."""
     store.finish()
     n = len(store.lengths)
-    stats = StageStats(in_=n)
-    dropped: list[tuple[str, str, str]] = []
-    rng = np.random.default_rng(seed)
     lengths = store.lengths
     keep = lengths > 0
+    n_excluded = 0
+    if exclude:
+        out = pc.is_in(store.sample_ids, value_set=pa.array(sorted(exclude), pa.string())).to_numpy(zero_copy_only=False)
+        keep &= ~out
+        n_excluded = int(out.sum())
+    stats = StageStats(in_=n - n_excluded)
+    dropped: list[tuple[str, str, str]] = []
+    rng = np.random.default_rng(seed)
     over = np.flatnonzero(lengths > cfg.seq_len)
     if cfg.oversize == "drop":
         for i in over:
