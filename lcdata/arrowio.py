@@ -86,4 +86,5 @@ def open_ipc_mapped(path: Path) -> tuple[pa.Table, mmap.mmap]:
     if touched again), which keeps a long streaming pass's resident memory flat."""
     with open(path, "rb") as f:
         mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    mm.madvise(mmap.MADV_RANDOM)  # the packer reads samples in plan order, scattered: no readahead
     return ipc.open_file(pa.BufferReader(pa.py_buffer(mm))).read_all(), mm

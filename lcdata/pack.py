@@ -344,3 +344,6 @@ def iter_row_batches(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int
         hi = min(row_hi, lo + rows_per_batch)
         a, b = int(ends[lo - row_lo]), int(ends[hi - row_lo])
         yield gather_rows(store, plan, lo, hi, (bufs[0][a:b], bufs[1][a:b], bufs[2][a:b]))
+        # rows draw samples from all over the inputs and the kernel maps neighbouring cached
+        # pages on each fault: drop them per batch, or one output shard maps nearly all inputs
+        store.release_pages()
