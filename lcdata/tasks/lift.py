@@ -28,11 +28,11 @@ from typing import Any
 from lcdata.schema import Context, Sample
 from lcdata.tasks.base import clip_parts, line_start_near, make_sample, slice_parts
 from lcdata.tasks.synth import (
-    _EVIDENCE,
     Job,
     LLMStage,
     bad_qa,
     label_lines,
+    qa_item_schema,
     resolve_evidence,
     template,
 )
@@ -41,17 +41,8 @@ QA_VERSION = "qa.v1"
 
 
 def qa_schema(k: int) -> dict[str, Any]:
-    item = {
-        "type": "object",
-        "properties": {
-            "question": {"type": "string", "minLength": 10, "maxLength": 300},
-            "answer": {"type": "string", "minLength": 1, "maxLength": 200},
-            "evidence": {**_EVIDENCE, "maxItems": 3},
-        },
-        "required": ["question", "answer", "evidence"],
-        "additionalProperties": False,
-    }
-    return {"type": "object", "properties": {"qa": {"type": "array", "items": item, "minItems": 1, "maxItems": k}},
+    return {"type": "object", "properties": {"qa": {"type": "array", "items": qa_item_schema(3), "minItems": 1,
+                                                    "maxItems": k}},
             "required": ["qa"], "additionalProperties": False}
 
 
@@ -86,7 +77,31 @@ def doc_name(ctx: Context) -> str:
     return ctx.group or ctx.id
 
 
-class LiftStage(LLMStage):
+class _QAStage(LLMStage):
+    def usable_qa(self, obj: dict[str, Any], n: int, uid: str, units: int, text: str, span: tuple[int, int],
+                  labels: Any, where: str, record: dict[str, Any]) -> Iterator[tuple[int, str, str, list[Any]]]:
+        """The usable ones of the ``n`` QA pairs asked for, as (index, question, answer, located
+        evidence); each other one drops its ``units`` planned samples with a reason."""
+        qa = [x for x in obj["qa"] if isinstance(x, dict)]
+        for q in range(n):
+            quid = f"{uid}{q}"  # the caller's prefix ends with its separator
+            if q >= len(qa):
+                self.drop_units(quid, units, "missing_qa", f"the model wrote {len(qa)} of {n} QA pairs", {"output": obj})
+                continue
+            why = bad_qa(qa[q])
+            if why:
+                self.drop_units(quid, units, "empty_output" if "empty" in why else "degenerate_output", why,
+                                {"output": qa[q]})
+                continue
+            found = resolve_evidence(text, [span], labels, qa[q].get("evidence", []))
+            if not found:
+                self.drop_units(quid, units, "evidence_not_found", f"no cited line could be located in the {where}",
+                                {"output": qa[q], **record})
+                continue
+            yield q, str(qa[q]["question"]).strip(), str(qa[q]["answer"]).strip(), found
+
+
+class LiftStage(_QAStage):
     def plan(self, ctx: Context) -> Iterator[Sample | Job]:
         cfg = self.cfg
         segs = segments(self.tok.offsets(ctx.text), ctx.text, cfg.segment_tokens, cfg.stride_tokens)
@@ -124,24 +139,9 @@ class LiftStage(LLMStage):
     def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
         cfg, ctx, k, (a, b) = self.cfg, j.data["ctx"], j.data["k"], j.data["seg"]
         variants = int(cfg.closed_book) + int(cfg.contextualized)
-        qa = [x for x in obj["qa"] if isinstance(x, dict)]
-        for q in range(cfg.qa_per_segment):
-            uid = f"lift_qa:{ctx.id}:{k}.{q}"
-            if q >= len(qa):
-                self.drop_units(uid, variants, "missing_qa", f"the model wrote {len(qa)} of "
-                                f"{cfg.qa_per_segment} QA pairs", {"output": obj})
-                continue
-            why = bad_qa(qa[q])
-            if why:
-                self.drop_units(uid, variants, "empty_output" if "empty" in why else "degenerate_output", why,
-                                {"output": qa[q]})
-                continue
-            found = resolve_evidence(ctx.text, [(a, b)], j.data["labels"], qa[q].get("evidence", []))
-            if not found:
-                self.drop_units(uid, variants, "evidence_not_found", "no cited line could be located in the segment",
-                                {"output": qa[q], "segment": [a, b]})
-                continue
-            question, answer = str(qa[q]["question"]).strip(), str(qa[q]["answer"]).strip()
+        for q, question, answer, found in self.usable_qa(
+                obj, cfg.qa_per_segment, f"lift_qa:{ctx.id}:{k}.", variants, ctx.text, (a, b), j.data["labels"],
+                "segment", {"segment": [a, b]}):
             ev = [(f[0], f[1], f[2]) for f in found]
             meta = self.meta(QA_VERSION, lift_input=ctx.id, segment=[a, b], segment_index=k,
                              grounding=[f[4] for f in found])
@@ -179,7 +179,7 @@ def window_from(text: str, tok: Any, a: int, chars: int, max_tokens: int) -> tup
     return None
 
 
-class ShortQAStage(LLMStage):
+class ShortQAStage(_QAStage):
     def plan(self, ctx: Context) -> Iterator[Sample | Job]:
         cfg = self.cfg
         rng = random.Random(f"{self.seed}:short_qa:{ctx.id}")
@@ -207,24 +207,11 @@ class ShortQAStage(LLMStage):
 
     def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
         sub = j.data["ctx"]
-        qa = [x for x in obj["qa"] if isinstance(x, dict)]
-        for q in range(self.cfg.qa_per_window):
-            uid = f"short_qa:{sub.id}:{q}"
-            if q >= len(qa):
-                self.drop(uid, "missing_qa", f"the model wrote {len(qa)} of {self.cfg.qa_per_window} QA pairs",
-                          {"output": obj})
-                continue
-            why = bad_qa(qa[q])
-            if why:
-                self.drop(uid, "empty_output" if "empty" in why else "degenerate_output", why, {"output": qa[q]})
-                continue
-            found = resolve_evidence(sub.text, [(0, len(sub.text))], j.data["labels"], qa[q].get("evidence", []))
-            if not found:
-                self.drop(uid, "evidence_not_found", "no cited line could be located in the window", {"output": qa[q]})
-                continue
+        for q, question, answer, found in self.usable_qa(
+                obj, self.cfg.qa_per_window, f"short_qa:{sub.id}:", 1, sub.text, (0, len(sub.text)),
+                j.data["labels"], "window", {}):
             yield make_sample(
-                task="short_qa", index=q, ctx=sub, text=sub.text, parts=sub.parts,
-                question=str(qa[q]["question"]).strip(), answer=str(qa[q]["answer"]).strip(),
+                task="short_qa", index=q, ctx=sub, text=sub.text, parts=sub.parts, question=question, answer=answer,
                 evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok, short_max_tokens=self.short_max,
                 meta=self.meta(QA_VERSION, parent_context=j.data["parent"], window=j.data["window"],
                                grounding=[f[4] for f in found]))

@@ -36,16 +36,23 @@ from lcdata.tokenize import ChatTokenizer
 
 TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
 _EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 6}
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "question": {"type": "string", "minLength": 10, "maxLength": 300},
-        "answer": {"type": "string", "minLength": 1, "maxLength": 200},
-        "evidence": {**_EVIDENCE, "maxItems": 4},
-    },
-    "required": ["question", "answer", "evidence"],
-    "additionalProperties": False,
-}
+
+
+def qa_item_schema(max_evidence: int) -> dict[str, Any]:
+    """One question/answer/evidence object: the multi-hop output, and each item of a QA list."""
+    return {
+        "type": "object",
+        "properties": {
+            "question": {"type": "string", "minLength": 10, "maxLength": 300},
+            "answer": {"type": "string", "minLength": 1, "maxLength": 200},
+            "evidence": {**_EVIDENCE, "maxItems": max_evidence},
+        },
+        "required": ["question", "answer", "evidence"],
+        "additionalProperties": False,
+    }
+
+
+SCHEMA = qa_item_schema(4)
 COMPARE_SCHEMA = {  # one field per passage: the small model keeps them apart better than in one text
     "type": "object",
     "properties": {
