@@ -85,3 +85,26 @@ def small_dataset(tmp_path_factory, model_dir) -> Path:
     })
     build_local(cfg, out)
     return out
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 for a server a test starts."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def stop_group(p) -> None:  # noqa: ANN001 - a subprocess.Popen started with start_new_session=True
+    """Stop a server the test started, with its children: SIGTERM to its process group, then SIGKILL."""
+    import signal
+    import subprocess
+
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGTERM)
+        try:
+            p.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(10)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, stop_group
 
 BIN = Path(sys.executable).parent
 
@@ -67,15 +68,11 @@ def test_same_bytes_whatever_the_number_of_workers(cfg_and_clean):
 
 def test_dask_cluster_gives_the_same_bytes(cfg_and_clean):
     """A Dask scheduler and 2 worker processes on 127.0.0.1 (started and stopped here, by PID)."""
-    import signal
-    import socket
     import time
 
     cfg, clean, tmp = cfg_and_clean
     root = Path(__file__).resolve().parent.parent
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     env = {**os.environ, "PYTHONPATH": str(root)}
     addr = f"tcp://127.0.0.1:{port}"
     procs = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
@@ -98,9 +95,4 @@ def test_dask_cluster_gives_the_same_bytes(cfg_and_clean):
         assert digest(out) == clean
     finally:
         for p in reversed(procs):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-                try:
-                    p.wait(20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(p.pid, signal.SIGKILL)
+            stop_group(p)

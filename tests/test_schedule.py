@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,31 +14,16 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import free_port, stop_group
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     # own session: the worker and server get SIGTERM/SIGKILL as a group, by PID
     return subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
                             cwd=ROOT)
-
-
-def stop(p: subprocess.Popen) -> None:
-    if p.poll() is None:
-        os.killpg(p.pid, signal.SIGTERM)
-        try:
-            p.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait(10)
 
 
 @pytest.mark.slow
@@ -99,5 +82,5 @@ print(json.dumps({"final": r.state.type.value}))
         assert v.returncode == 0, v.stderr
     finally:
         if worker is not None:
-            stop(worker)
-        stop(server)
+            stop_group(worker)
+        stop_group(server)
