@@ -163,6 +163,30 @@ def train(ctx: typer.Context) -> None:
     raise typer.Exit(train_main(list(ctx.args)))
 
 
+@app.command("eval")
+def eval_(
+    models: list[str] = typer.Argument(..., help="Model directories, each DIR or LABEL=DIR (e.g. base=models/x trained=runs/y/final)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, summary.md, plots, predictions."),
+    suite: list[str] = typer.Option(None, "--suite", "-s", help="Only these suites (repeat): niah, multihop, squad, counterfactual, lift."),
+    size: str = typer.Option(None, "--size", help="`full` (default) or `small` (the demo's, ~1 min per model on 2 cores)."),
+    config: Path = typer.Option(None, "--config", "-c", help="Eval config YAML: size, suite overrides, engine."),
+) -> None:
+    """Evaluate models on the long-context suite (NIAH grid, multi-hop at distance, SQuAD retention,
+    context-vs-memory, LIFT probe) with the vLLM engine; several models are compared."""
+    from lcdata.evals.run import EvalError, evaluate, load_eval_config
+
+    try:
+        cfg = load_eval_config(config, size=size, suites=suite or None)
+        results = evaluate(models, out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
+    except (EvalError, FileNotFoundError) as e:
+        _fail(str(e))
+    from lcdata.evals.run import summary_table
+
+    print(summary_table(results))
+    console.print(f"[green]eval[/] {out}: results.json, summary.md, " + ", ".join(
+        p.name for p in sorted(out.glob("*.png"))), highlight=False)
+
+
 @model_app.command("prepare")
 def model_prepare(
     out: Path = typer.Option(None, "--out", help="Target directory (default models/smollm2-135m-instruct)."),

