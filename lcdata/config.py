@@ -39,6 +39,8 @@ class SourceConfig(_Strict):
     )
     limit_groups: int | None = Field(None, ge=1, description="Keep the first N groups (books, packages) in sorted order.")
     docs_per_shard: int = Field(256, ge=1, description="Documents per input shard (whole groups are kept together).")
+    license: str | None = Field(None, description="The texts' licence for the dataset card (SPDX id, e.g. CC-BY-4.0); "
+                                "shipped corpora know theirs.")
 
     @model_validator(mode="after")
     def _needs_path(self) -> SourceConfig:

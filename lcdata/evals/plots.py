@@ -13,12 +13,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 
 def _heat(ax: Any, grid: list[list[float]], title: str) -> None:
+    if not grid:
+        ax.set_axis_off()
+        ax.set_title(title.split(" (")[0] + ": no items", fontsize=9)
+        return
     lengths = sorted({int(g[0]) for g in grid})
     depths = sorted({g[1] for g in grid})
     m = [[math.nan] * len(lengths) for _ in depths]
     for length, depth, v in grid:
         m[depths.index(depth)][lengths.index(int(length))] = v
-    im = ax.imshow(m, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+    ax.imshow(m, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
     ax.set_xticks(range(len(lengths)), [f"{x // 1024}K" if x % 1024 == 0 else str(x) for x in lengths])
     ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
     ax.set_xlabel("prompt tokens")
@@ -28,7 +32,6 @@ def _heat(ax: Any, grid: list[list[float]], title: str) -> None:
         for j, v in enumerate(row):
             if not math.isnan(v):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7)
-    return im
 
 
 def plot_results(results: dict[str, Any], out: Path) -> list[Path]:

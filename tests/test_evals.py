@@ -1,0 +1,181 @@
+"""`lcdata eval`: suites are deterministic and cached, scorers on hand-made cases, the eval
+texts are registered for decontamination, and a tiny end-to-end eval of the real SmolLM2."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from lcdata.evals import suites as S
+from lcdata.evals.score import (
+    aggregate,
+    contains,
+    counterfactual_class,
+    niah_scores,
+    qa_scores,
+    score_item,
+)
+
+TINY = dict(
+    niah=S.NIAHSuite(lengths=[512, 1024], depths=[0.0, 1.0], needles=[1, 2]),
+    multihop=S.MultihopSuite(length=1024, distances=[0.0, 0.5], per_distance=1),
+    squad=S.SquadSuite(n=2), counterfactual=S.CounterfactualSuite(n=2), lift=S.LiftSuite(doc_tokens=512, n_facts=2),
+)
+
+
+def test_suite_is_deterministic_and_cached(model_dir, tmp_path, monkeypatch):
+    cfg = S.SuiteConfig(**TINY)
+    a = S.generate_suite(cfg, model_dir, 8000, tmp_path / "a")
+    b = S.generate_suite(cfg, model_dir, 8000, tmp_path / "b")
+    assert a.name == b.name and a.name.startswith(f"v{S.SUITE_VERSION}-")
+    files = sorted(p.name for p in a.iterdir())
+    assert files == ["counterfactual.jsonl", "lift.jsonl", "lift_document.txt", "multihop.jsonl", "niah.jsonl",
+                     "squad.jsonl", "suite.json"]
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    # a second call finds the cache and generates nothing
+    monkeypatch.setattr(S, "niah_items", lambda *a, **k: pytest.fail("regenerated a cached suite"))
+    assert S.generate_suite(cfg, model_dir, 8000, tmp_path / "a") == a
+    # another seed is another suite
+    assert S.generate_suite(S.SuiteConfig(seed=1, suites=["squad"]), model_dir, 8000, tmp_path / "a") != a
+
+
+def test_suite_items_hold_their_invariants(model_dir, tok, tmp_path):
+    items = S.load_items(S.generate_suite(S.SuiteConfig(**TINY), model_dir, 8000, tmp_path))
+    by = {}
+    for it in items:
+        by.setdefault(it.suite, []).append(it)
+    assert {k: len(v) for k, v in by.items()} == {"niah": 8, "multihop": 2, "squad": 2, "counterfactual": 4, "lift": 2}
+    for it in by["niah"]:
+        text = it.messages[0]["content"]
+        n = tok.count([tok.render(it.messages, add_generation_prompt=True)])[0]
+        assert n == it.meta["prompt_tokens"] <= it.meta["length"]
+        assert n >= it.meta["length"] - 64  # filled to the target, not far under
+        for v in it.answers:
+            assert text.count(f" is {v}.") == 1  # every needle is in the haystack, once
+        if it.meta["needles"] == 1:
+            assert abs(it.meta["char_depths"][0] - it.meta["depth"]) < 0.05
+    near, far = sorted(by["multihop"], key=lambda it: it.meta["distance"])
+    assert near.meta["distance_tokens"] < far.meta["distance_tokens"]
+    assert far.meta["distance_tokens"] > 300
+    for it in by["lift"]:
+        assert it.messages[0]["content"].count("<document>") == 0  # asked without the document
+    doc = (next(tmp_path.iterdir()) / "lift_document.txt").read_text()
+    assert all(f"is {it.answers[0]}." in doc for it in by["lift"])
+
+
+def test_lengths_beyond_the_window_are_refused(model_dir, tmp_path):
+    with pytest.raises(ValueError, match="exceeds the model's window"):
+        S.generate_suite(S.SuiteConfig(suites=["niah"], niah=S.NIAHSuite(lengths=[4096])), model_dir, 2000, tmp_path)
+
+
+def test_scorers_on_hand_made_cases():
+    assert contains("It was Paris, of course.", "paris") == 1.0
+    assert contains("Parisian food", "Paris") == 0.0  # whole words only
+    assert qa_scores("The Nobel Prize in Literature.", ["Nobel Prize in Literature"]) == {"em": 1.0, "f1": 1.0, "contains": 1.0}
+    q = qa_scores("I think it is 80,000 colonists", ["80,000", "eighty thousand"])
+    assert q["em"] == 0.0 and q["contains"] == 1.0 and 0 < q["f1"] < 1
+    assert niah_scores("The numbers are 1,234,567 and 7654321.", ["1234567", "7654321", "1111111"])["found"] == [True, True, False]
+    assert counterfactual_class("The capital is Lyon.", "Paris", "Lyon") == "context"
+    assert counterfactual_class("Paris.", "Paris", "Lyon") == "memory"
+    assert counterfactual_class("Paris or Lyon", "Paris", "Lyon") == "both"
+    assert counterfactual_class("Marseille", "Paris", "Lyon") == "other"
+    assert score_item({"suite": "counterfactual", "answers": ["Paris", "Lyon"]}, "Lyon") == {"class": "context", "memory": 0.0}
+
+
+def test_counterfactual_counts_only_facts_known_closed_book():
+    def it(fact, mode, pred):
+        return {"suite": "counterfactual", "meta": {"fact": fact, "mode": mode},
+                "score": score_item({"suite": "counterfactual", "answers": ["Paris", "Lyon"]}, pred)}
+
+    items = [it(0, "closed", "Paris"), it(0, "context", "Lyon"),     # known, follows the context
+             it(1, "closed", "Paris"), it(1, "context", "Paris"),    # known, follows memory
+             it(2, "closed", "Rome"), it(2, "context", "Lyon")]      # unknown: not counted
+    r = aggregate(items)["counterfactual"]
+    assert r["known"] == 2 and r["follows_context"] == 0.5 and r["follows_memory"] == 0.5
+    assert r["closed_book_accuracy"] == round(2 / 3, 4) and r["follows_context_all"] == round(2 / 3, 4)
+    assert r["primary"] == "follows_context" and r["value"] == 0.5
+    assert math.isnan(aggregate([it(2, "closed", "Rome"), it(2, "context", "Lyon")])["counterfactual"]["follows_context"])
+
+
+def test_niah_aggregate_puts_each_needle_at_its_depth():
+    items = [
+        {"suite": "niah", "meta": {"length": 1024, "depth": 0.0, "needles": 1, "needle_depths": [0.0]},
+         "score": niah_scores("5", ["5"])},
+        {"suite": "niah", "meta": {"length": 1024, "depth": 1.0, "needles": 1, "needle_depths": [1.0]},
+         "score": niah_scores("", ["5"])},
+        {"suite": "niah", "meta": {"length": 1024, "depth": 0.0, "needles": 2, "needle_depths": [0.0, 0.9]},
+         "score": niah_scores("5", ["5", "6"])},
+    ]
+    r = aggregate(items)["niah"]
+    assert r["grid_single"] == [[1024, 0.0, 1.0], [1024, 1.0, 0.0]]
+    assert r["grid_multi"] == [[1024, 0.0, 1.0], [1024, 1.0, 0.0]]  # the 0.9 needle counts at depth 1.0
+    assert r["single"] == 0.5 and r["multi"] == 0.5
+
+
+def test_eval_texts_are_registered_for_decontamination(tmp_path, monkeypatch):
+    from lcdata.config import DecontamFilter
+    from lcdata.filters.decontam import EvalIndex
+
+    monkeypatch.setenv("LCDATA_CACHE", str(tmp_path))
+    idx = EvalIndex.build(DecontamFilter(enabled=True, sources=["lcdata_eval"]))
+    fact = S.load_facts()[0]
+    leak = "Some text. " + fact["statement"].format(x=fact["context"]) + " More text."
+    assert idx.matches(leak) >= 1
+    assert idx.matches("Everyone knows that " + fact["statement"].format(x=fact["memory"])) == 0  # true facts are fine
+    assert idx.matches("Q: " + fact["q"]) >= 1
+    assert EvalIndex.build(DecontamFilter(enabled=True, sources=["lcdata_eval"])).short.keys() == idx.short.keys()  # cached
+
+
+@pytest.mark.slow
+def test_tiny_end_to_end_eval_of_the_real_model(model_dir, tmp_path, monkeypatch):
+    from lcdata.evals.run import EvalConfig, evaluate
+
+    monkeypatch.setenv("LCDATA_CACHE", str(tmp_path / "cache"))
+    cfg = EvalConfig(size="full", suite={k: v.model_dump() for k, v in TINY.items()} | {
+        "niah": {"lengths": [512], "depths": [0.5], "needles": [1]}})
+    out = tmp_path / "eval"
+    res = evaluate([f"base={model_dir}"], out, cfg, log=lambda m: None)
+    suites = res["models"]["base"]["suites"]
+    assert set(suites) == {"niah", "multihop", "squad", "counterfactual", "lift"}
+    # golden: greedy SmolLM2-135M finds one needle in 512 tokens, and knows no LIFT password
+    assert suites["niah"]["single"] == 1.0
+    assert suites["lift"]["contains"] == 0.0
+    preds = (out / "base" / "scored.jsonl").read_text().splitlines()
+    assert len(preds) == 11 and all(json.loads(p)["prediction"].strip() for p in preds)
+    for name in ("niah", "multihop", "counterfactual", "summary"):
+        assert (out / f"{name}.png").stat().st_size > 5000
+    assert json.loads((out / "results.json").read_text())["suite_version"] == S.SUITE_VERSION
+    assert (out / "suite" / "suite.json").is_file() and "| niah | accuracy | 1.000 |" in (out / "summary.md").read_text()
+    # a rerun reuses the predictions: no engine starts
+    log = (out / "base" / "engine.log").stat().st_mtime_ns
+    evaluate([f"base={model_dir}"], out, cfg, log=lambda m: None)
+    assert (out / "base" / "engine.log").stat().st_mtime_ns == log
+
+
+def test_bad_model_directory_is_named(tmp_path):
+    from lcdata.evals.run import EvalConfig, EvalError, evaluate
+
+    with pytest.raises(EvalError, match="has no config.json"):
+        evaluate([str(tmp_path / "nope")], tmp_path / "out", EvalConfig())
+
+
+def test_unknown_eval_config_keys_are_errors(tmp_path):
+    from lcdata.evals.run import EvalError, load_eval_config
+
+    p = tmp_path / "e.yaml"
+    p.write_text("size: small\nsuite: {niah: {lengthz: [1]}}\n")
+    with pytest.raises(EvalError, match="lengthz"):
+        load_eval_config(p)
+    assert load_eval_config(None, size="small", suites=["squad"]).suite_config().suites == ["squad"]
+
+
+def test_cli_eval_help_lists_the_suites():
+    from typer.testing import CliRunner
+
+    from lcdata.cli import app
+
+    r = CliRunner().invoke(app, ["eval", "--help"])
+    assert r.exit_code == 0 and "counterfactual" in r.output
