@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import logging
+import os
 import shutil
 import time
 from collections import Counter
@@ -81,6 +82,37 @@ def prepare_output(cfg: BuildConfig, out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
 
 
+PER_SHARD_OUTPUTS = ("work", "samples", "eval", "contexts", "rejects")
+
+
+def prune_stale(out: Path, shards: list[dict[str, Any]]) -> list[str]:
+    """Remove the per-shard outputs of input shards that are no longer planned (their files
+    moved to other shards, or were removed), so whole-build steps only see the current plan.
+    The LLM request cache (``cache/``) stays: it is keyed by request, not by plan."""
+    ids = {s["id"] for s in shards}
+    removed = []
+    for sub in PER_SHARD_OUTPUTS:
+        d = out / sub
+        if not d.is_dir():
+            continue
+        for p in d.iterdir():
+            name = p.name.removesuffix(".arrow")
+            if name.startswith(("_", ".")) or name in ids:
+                continue  # whole-build files (rejects/_build.arrow) and temp files are not a shard's
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            removed.append(f"{sub}/{p.name}")
+    return removed
+
+
+def unit_stamps(shard_json: dict[str, Any]) -> list[tuple[str, int, int]]:
+    """Size and mtime of every file of an input shard: an edited file redoes its shard."""
+    out = []
+    for u in shard_json["units"]:
+        st = os.stat(u["path"])
+        out.append((u["rel"], st.st_size, st.st_mtime_ns))
+    return out
+
+
 def plan_build(cfg: BuildConfig) -> list[dict[str, Any]]:
     """Input shards of every source, as JSON-able dicts (what flows pass to tasks)."""
     return [s.to_json() for src in cfg.sources for s in plan_source(src)]
@@ -97,14 +129,25 @@ def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -
     if not dc.documents:
         return {}
     items = []
+    doc_ids: list[list[str]] = []
     for sj in shards:
         shard = InputShard.from_json(sj)
         src = next(s for s in cfg.sources if s.name == shard.source)
         reader = ReadStage(cfg.read).bind(Lineage(), RejectSink(None))  # counted again by the shard task
-        items.extend((d.id, word_shingles(d.text)) for d in read_shard(shard, src, reader))
+        mine = [(d.id, word_shingles(d.text)) for d in read_shard(shard, src, reader)]
+        items.extend(mine)
+        doc_ids.append([i for i, _ in mine])
     dups = near_duplicates(items, dc.doc_threshold, dc.num_perm)
+    # per shard too: a shard's work depends only on its own dropped documents, so a new file
+    # elsewhere does not redo it
+    by_shard: dict[str, dict[str, str]] = {}
+    for sj, ids in zip(shards, doc_ids, strict=True):
+        mine = {d: dups[d] for d in ids if d in dups}
+        if mine:
+            by_shard[sj["id"]] = mine
     (out / DEDUP_DOCS).parent.mkdir(parents=True, exist_ok=True)
-    write_json(out / DEDUP_DOCS, {"threshold": dc.doc_threshold, "documents": len(items), "duplicates": dups})
+    write_json(out / DEDUP_DOCS, {"threshold": dc.doc_threshold, "documents": len(items), "duplicates": dups,
+                                  "by_shard": by_shard})
     return {"documents": len(items), "duplicates": len(dups)}
 
 
@@ -137,8 +180,10 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     shard = InputShard.from_json(shard_json)
     work = out / "work" / shard.id
     dups = _doc_dups(cfg, out)
-    # the document-dedup result is an input too: a changed duplicate set redoes the shard
-    key = config_hash(cfg, [shard_json, sha256_file(out / DEDUP_DOCS) if dups is not None else None])
+    # inputs: the config, the shard's files (paths, sizes, mtimes) and the documents the
+    # whole-build dedup drops from it
+    mine = json.loads((out / DEDUP_DOCS).read_text()).get("by_shard", {}).get(shard.id, {}) if dups is not None else None
+    key = config_hash(cfg, [shard_json, unit_stamps(shard_json), mine])
     done = work / DONE
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads((work / "stats.json").read_text())
@@ -418,6 +463,7 @@ def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
     out = Path(out)
     shards = plan_build(cfg)  # plan first: a bad source path fails before anything is written
     prepare_output(cfg, out)
+    prune_stale(out, shards)
     dedup_documents(cfg, shards, out)
     stats = [process_input_shard(cfg, s, out) for s in shards]
     return pack_and_write(cfg, stats, out)

@@ -58,6 +58,7 @@ def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
     cfg = parse_config(cfg_json)
     shards = B.plan_build(cfg)  # plan first: a bad source path fails before anything is written
     B.prepare_output(cfg, Path(out))
+    B.prune_stale(Path(out), shards)
     print(f"lcdata build: {len(shards)} input shard(s) -> {out}")
     dd = B.dedup_documents(cfg, shards, Path(out))  # whole-build step: before any shard task
     if dd:

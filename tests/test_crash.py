@@ -96,3 +96,50 @@ def test_dask_cluster_gives_the_same_bytes(cfg_and_clean):
     finally:
         for p in reversed(procs):
             stop_group(p)
+
+
+def test_incremental_rebuild_redoes_only_touched_shards(model_dir, tmp_path):
+    """Adding a file to one group, adding a new group and editing a file redo only the input
+    shards holding them (content-defined shard cuts); the result equals a clean build."""
+    from lcdata.build import build_local
+    from lcdata.config import parse_config
+    from lcdata.read import plan_source
+    from lcdata.read.corpora import shakespeare_root
+
+    text = (shakespeare_root() / "tragedies" / "hamlet.md").read_text()
+    src = tmp_path / "src"
+    pieces = iter(text[i:i + 3000] for i in range(0, len(text), 3000))
+    for g in range(8):
+        for f in range(2):
+            (src / f"g{g}").mkdir(parents=True, exist_ok=True)
+            (src / f"g{g}" / f"{f}.txt").write_text(next(pieces))
+    cfg = parse_config({"name": "inc", "model": str(model_dir), "seed": 0,
+                        "sources": [{"name": "t", "kind": "text_dir", "path": str(src), "docs_per_shard": 3}],
+                        "assemble": {"buckets": [512], "reserve_tokens": 128},
+                        "tasks": [{"kind": "needles", "n_needles": 2, "n_queried": 1}],
+                        "filters": {"dedup": {"documents": True}}, "pack": {"seq_len": 1024}})
+    out = tmp_path / "out"
+    build_local(cfg, out)
+    before = {s.id: s for s in plan_source(cfg.sources[0])}
+    assert len(before) >= 3
+
+    def stamps() -> dict[str, int]:
+        return {p.parent.name: p.stat().st_mtime_ns for p in out.glob("work/*/_DONE")}
+
+    first = stamps()
+    assert set(first) == set(before)
+    (src / "g3" / "2.txt").write_text(next(pieces))       # a file added to a group
+    (src / "g9").mkdir()
+    (src / "g9" / "0.txt").write_text(next(pieces))        # a new group
+    (src / "g6" / "0.txt").write_text(next(pieces))        # an edited file
+    after = {s.id: s for s in plan_source(cfg.sources[0])}
+    touched = {sid for sid, s in after.items()
+               if sid not in before or {u.rel for u in s.units} & {"g3/2.txt", "g9/0.txt", "g6/0.txt"}}
+    build_local(cfg, out)
+    second = stamps()
+    assert set(second) == set(after)  # shards that are no longer planned are gone
+    redone = {sid for sid in second if first.get(sid) != second[sid]}
+    assert redone == touched and len(redone) < len(after)
+    clean = tmp_path / "clean"
+    build_local(cfg, clean)
+    assert digest(out) == digest(clean)

@@ -9,6 +9,7 @@ concatenation sees all of a group's files. Each input shard becomes one Prefect 
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
@@ -106,6 +107,17 @@ def source_root(src: SourceConfig) -> Path:
 
 
 def list_units(src: SourceConfig) -> list[Unit]:
+    """The source's units; ``order`` counts within the unit's group (not across the source),
+    so a file added to one group leaves every other group's units unchanged."""
+    units = _list_units(src)
+    seen: dict[str, int] = {}
+    for u in units:
+        u.order = seen.get(u.group, 0)
+        seen[u.group] = u.order + 1
+    return units
+
+
+def _list_units(src: SourceConfig) -> list[Unit]:
     root = source_root(src)
     if not root.exists():
         raise SourceError(f"source `{src.name}`: path {root} does not exist; fix `path` in the config")
@@ -137,8 +149,27 @@ def list_units(src: SourceConfig) -> list[Unit]:
     raise ValueError(f"unknown source kind {k}")  # pragma: no cover - config validates kinds
 
 
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
+
+
+def _shard_id(source: str, first_group: str) -> str:
+    return f"{source}-{_hash64(first_group) >> 16:012x}"
+
+
+def cut_after(group: str, n_units: int, target: int) -> bool:
+    """Content-defined shard boundary: a shard ends after a group with probability
+    ``n_units / target``, decided by the group's name alone. Shards hold ``target`` units on
+    average, and adding a file to a group (or a new group) moves only the boundaries next to
+    it: the other shards keep their units and ids, so a rebuild redoes only the shards it
+    touches (with sequential cuts every later shard would shift)."""
+    return _hash64(group) % target < n_units
+
+
 def plan_source(src: SourceConfig) -> list[InputShard]:
-    """Cut a source's units into input shards of about ``docs_per_shard`` units, whole groups."""
+    """Cut a source's units into input shards of about ``docs_per_shard`` units (at most 4x),
+    whole groups, at content-defined boundaries (`cut_after`). A shard's id is the source name
+    and a hash of its first group: stable while the shard's start is."""
     units = list_units(src)
     groups: dict[str, list[Unit]] = {}
     for u in units:
@@ -148,13 +179,16 @@ def plan_source(src: SourceConfig) -> list[InputShard]:
         names = names[: src.limit_groups]
     shards: list[InputShard] = []
     cur: list[Unit] = []
+    first = ""
     for g in names:
+        if not cur:
+            first = g
         cur.extend(sorted(groups[g], key=lambda u: (u.order, u.rel)))
-        if len(cur) >= src.docs_per_shard:
-            shards.append(InputShard(f"{src.name}-{len(shards):05d}", src.name, cur))
+        if cut_after(g, len(groups[g]), src.docs_per_shard) or len(cur) >= 4 * src.docs_per_shard:
+            shards.append(InputShard(_shard_id(src.name, first), src.name, cur))
             cur = []
     if cur:
-        shards.append(InputShard(f"{src.name}-{len(shards):05d}", src.name, cur))
+        shards.append(InputShard(_shard_id(src.name, first), src.name, cur))
     return shards
 
 
