@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -143,3 +144,46 @@ def test_incremental_rebuild_redoes_only_touched_shards(model_dir, tmp_path):
     clean = tmp_path / "clean"
     build_local(cfg, clean)
     assert digest(out) == digest(clean)
+
+
+@pytest.mark.slow
+def test_sigkill_during_synthesis_then_rerun_gives_identical_bytes(model_dir, tmp_path):
+    """Killed right after the first LLM request batch was cached, then rerun: the rerun sends
+    the remaining requests in the same batches as an uninterrupted build, so with greedy
+    decoding the shards and manifest are byte-identical (sampled outputs would not be on CPU,
+    see README: the engine's RNG restarts)."""
+    cfg = {"name": "synth-crash", "model": str(model_dir), "seed": 0,
+           "sources": [{"name": "sh", "kind": "shakespeare", "include": ["comedies/the-comedy-of-errors.md"]}],
+           "assemble": {"buckets": [1024], "reserve_tokens": 256},
+           "tasks": [{"kind": "needles"}, {"kind": "short_qa", "context_fraction": 0.3, "window_tokens": 512,
+                                            "max_tokens": 96}],
+           "engine": {"model": str(model_dir), "temperature": 0.0, "batch_size": 2, "max_model_len": 2048,
+                      "kv_cache_gib": 1, "max_tokens": 96},
+           "pack": {"seq_len": 1024}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+
+    def run(out: Path, crash: str | None = None) -> int:
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        env.pop("LCDATA_CRASH_AT", None)
+        if crash:
+            env["LCDATA_CRASH_AT"] = crash
+        p = subprocess.Popen([str(BIN / "lcdata"), "build", str(path), "--out", str(out), "--local"], env=env,
+                             start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            return p.wait(timeout=600)
+        finally:
+            stop_group(p)
+            try:  # the vLLM engine process a SIGKILLed build leaves behind, in its group
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    assert run(tmp_path / "clean") == 0
+    chunks = sorted((tmp_path / "clean" / "cache").rglob("chunk-*.jsonl"))
+    assert len(chunks) >= 2  # more than one batch: the crash leaves work to resume
+    out = tmp_path / "killed"
+    assert run(out, "engine_batch") == -9
+    assert len(list((out / "cache").rglob("chunk-*.jsonl"))) == 1 and not (out / "manifest.json").exists()
+    assert run(out) == 0
+    assert digest(out) == digest(tmp_path / "clean")
