@@ -48,14 +48,20 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
         fig.tight_layout()
         written.append(_save(fig, out / "niah.png"))
     if "multihop" in suites:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
         for m in labels:
-            bd = results["models"][m]["suites"]["multihop"]["by_distance"]
-            ax.plot([x["distance"] for x in bd], [x["contains"] for x in bd], marker="o", label=m)
-        ax.set_xlabel("gap between the two supporting paragraphs (fraction of context)")
+            s = results["models"][m]["suites"]["multihop"]
+            ax.plot([x["distance"] for x in s["by_distance"]], [x["contains"] for x in s["by_distance"]],
+                    marker="o", label=m)
+            ax2.plot([x["depth"] + 0.125 for x in s["by_depth"]], [x["contains"] for x in s["by_depth"]],
+                     marker="o", label=m)
+        ax.set_xlabel("gap between the two supporting paragraphs\n(fraction of the context)", fontsize=8)
         ax.set_ylabel("answer found (contains)")
         ax.set_ylim(-0.02, 1.02)
         ax.set_title("HotpotQA at distance", fontsize=10)
+        ax2.set_xlabel("depth of the first supporting paragraph (quarter)", fontsize=8)
+        ax2.set_xlim(0, 1)
+        ax2.set_title("by depth", fontsize=10)
         ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, out / "multihop.png"))
