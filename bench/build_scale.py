@@ -36,6 +36,7 @@ def run(cfg: dict, flow: bool) -> tuple[float, float, dict]:
     wall = time.perf_counter() - t
     rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB, max over children so far
     m = json.loads((d / "out" / "manifest.json").read_text())
+    m["_peak_rss_mb"] = json.loads((d / "out" / "build_info.json").read_text()).get("peak_rss_mb", {})
     return wall, max(rss, before) / 1024, m
 
 
@@ -56,7 +57,7 @@ def main() -> None:
         wall, rss, m = run(cfg_for(k), flow=False)
         rows.append((k, m["totals"]["tokens"], wall, rss))
         print(f"per_context {k:3}: {m['totals']['tokens']:>12,} tokens, {wall:7.1f} s, peak RSS {rss:8.0f} MiB, "
-              f"{m['totals']['tokens'] / wall:,.0f} tok/s", flush=True)
+              f"{m['totals']['tokens'] / wall:,.0f} tok/s; peak RSS by phase {m['_peak_rss_mb']}", flush=True)
     (k0, t0, w0, r0), (_, t1, w1, r1) = rows[0], rows[-1]
     print(f"ratio largest/smallest: tokens {t1 / t0:.1f}x, time {w1 / w0:.1f}x, peak RSS {r1 / r0:.2f}x")
     if a.flow_overhead:

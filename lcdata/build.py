@@ -386,6 +386,7 @@ def select_samples(cfg: BuildConfig, out: Path, lineage: Lineage) -> set[str]:
 def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Pack every input shard's tokenized samples, write the shards, then the manifest."""
     t0 = time.perf_counter()
+    rss_before_pack = _peak_rss_mb()
     global_lineage = Lineage()
     exclude = select_samples(cfg, out, global_lineage)
     store = TokenStore()
@@ -433,9 +434,17 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
     }
     write_json(out / MANIFEST, manifest)
     info = {"pack_seconds": round(time.perf_counter() - t0, 3),
-            "shard_seconds": {s["shard"]: s["seconds"] for s in shard_stats}}
+            "shard_seconds": {s["shard"]: s["seconds"] for s in shard_stats},
+            # this process's peak RSS before packing (the shard work, when it ran here) and at the end
+            "peak_rss_mb": {"before_pack": rss_before_pack, "end": _peak_rss_mb()}}
     write_json(out / "build_info.json", info)
     return manifest
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
 
 
 def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_tokens: int) -> list[dict[str, Any]]:
