@@ -269,9 +269,11 @@ def plan_pack(store: TokenStore, cfg: PackConfig, seed: int, exclude: set[str] |
 
 
 def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int,
-                out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> pa.RecordBatch:
+                out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+                release_every: int = 0) -> pa.RecordBatch:
     """Packed rows ``[row_lo, row_hi)`` as one record batch of ``PACKED_SCHEMA``; ``out``:
-    int32 buffers (ids, labels, positions) of exactly the rows' token count to fill."""
+    int32 buffers (ids, labels, positions) of exactly the rows' token count to fill.
+    ``release_every``: drop the inputs' mapped pages after every that many pieces."""
     # pieces are sorted by row: the rows' pieces are one contiguous slice
     a, b = np.searchsorted(plan.row_of_piece, [row_lo, row_hi])
     item = plan.pieces.item[a:b]
@@ -293,8 +295,17 @@ def gather_rows(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int,
         seg = np.ascontiguousarray(store.item_chunk[item], np.int32)
         src64 = np.ascontiguousarray(src, np.int64)
         lens64 = np.ascontiguousarray(lens, np.int64)
-        lib.lcdata_gather(len(item), ids_p, lab_p, seg.ctypes.data, src64.ctypes.data, lens64.ctypes.data,
-                          ids.ctypes.data, labels.ctypes.data, position_ids.ctypes.data)
+        # in blocks of pieces: each piece reads from anywhere in the inputs and every page
+        # fault maps a large folio around it, so mapped input grows with pieces x folio size
+        # until released (at 100M tokens, 256 rows' pieces mapped ~250 MB)
+        step = release_every or max(1, len(item))
+        for k in range(0, len(item), step):
+            o = int(piece_off[k])
+            lib.lcdata_gather(len(item[k:k + step]), ids_p, lab_p, seg[k:].ctypes.data, src64[k:].ctypes.data,
+                              lens64[k:].ctypes.data, ids[o:].ctypes.data, labels[o:].ctypes.data,
+                              position_ids[o:].ctypes.data)
+            if release_every:
+                store.release_pages()
     elif total:
         # each piece is a contiguous run of its sample's tokens: concatenate views (one memcpy each)
         chunk = store.item_chunk[item].tolist()
@@ -343,7 +354,7 @@ def iter_row_batches(store: TokenStore, plan: PackPlan, row_lo: int, row_hi: int
     for lo in range(row_lo, row_hi, rows_per_batch):
         hi = min(row_hi, lo + rows_per_batch)
         a, b = int(ends[lo - row_lo]), int(ends[hi - row_lo])
-        yield gather_rows(store, plan, lo, hi, (bufs[0][a:b], bufs[1][a:b], bufs[2][a:b]))
         # rows draw samples from all over the inputs and the kernel maps neighbouring cached
-        # pages on each fault: drop them per batch, or one output shard maps nearly all inputs
+        # pages on each fault: drop them every few pieces, or one output shard maps nearly all inputs
+        yield gather_rows(store, plan, lo, hi, (bufs[0][a:b], bufs[1][a:b], bufs[2][a:b]), release_every=32)
         store.release_pages()
