@@ -71,7 +71,9 @@ def collect(dir_: Path) -> dict[str, Any]:
     if m["samples_files"]:
         samples = pl.concat([pl.read_ipc(dir_ / f, columns=["task", "split", "evidence", "context_chars"])
                              for f in m["samples_files"]])
-    return {"manifest": m, "per_sample": per_sample, "fills": fills, "samples": samples}
+    by_task = per_sample.group_by("task").agg(pl.len().alias("samples"), pl.col("tokens").sum(),
+                                              pl.col("loss_tokens").sum()).sort("task")
+    return {"manifest": m, "per_sample": per_sample, "by_task": by_task, "fills": fills, "samples": samples}
 
 
 # ------------------------------------------------------------------ plots
@@ -101,7 +103,7 @@ def _plots(data: dict[str, Any], out: Path) -> dict[str, Path]:
     save(fig, "lengths")
 
     # task mix: samples and tokens per task
-    by = ps.group_by("task").agg(pl.len().alias("samples"), pl.col("tokens").sum(), pl.col("loss_tokens").sum()).sort("task")
+    by = data["by_task"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 0.8 + 0.35 * max(1, by.height)))
     axes[0].barh(by["task"], by["samples"], color="#55a868")
     axes[0].set_xlabel("samples")
@@ -201,8 +203,7 @@ def dataset_card(dir_: Path, data: dict[str, Any]) -> str:
         "size_categories": [size],
         "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{SHARD_DIR}/*.arrow"}]}],
     }
-    by = data["per_sample"].group_by("task").agg(pl.len().alias("n"), pl.col("tokens").sum(),
-                                                 pl.col("loss_tokens").sum()).sort("task")
+    by = data["by_task"]
     lin = m["lineage"]
     decon = cfg.get("filters", {}).get("decontaminate", {})
     lines = [
@@ -215,7 +216,7 @@ def dataset_card(dir_: Path, data: dict[str, Any]) -> str:
         "| source | kind | what | licence |", "|---|---|---|---|",
         *[f"| {r['name']} | {r['kind']} | {r['what']} | {r['license']} |" for r in rows],
         "", "## Contents", "", "| task | samples | tokens | loss tokens |", "|---|---|---|---|",
-        *[f"| {r['task']} | {r['n']:,} | {r['tokens']:,} | {r['loss_tokens']:,} |" for r in by.iter_rows(named=True)],
+        *[f"| {r['task']} | {r['samples']:,} | {r['tokens']:,} | {r['loss_tokens']:,} |" for r in by.iter_rows(named=True)],
         "", f"Held-out evaluation samples (`eval/`): {lin.get('samples', {}).get('eval', 0):,}.",
         "", "## Drops", "", "| stage | in | out | dropped |", "|---|---|---|---|",
         *[f"| {k} | {v['in']:,} | {v['out']:,} | {', '.join(f'{r} {c}' for r, c in v.get('dropped', {}).items()) or '-'} |"
@@ -287,8 +288,7 @@ def report(dir_: Path) -> dict[str, Path]:
     (out / "index.html").write_text(render_html(data, plots))
     (dir_ / "README.md").write_text(dataset_card(dir_, data))
     (out / "stats.json").write_text(json.dumps({
-        "per_task": data["per_sample"].group_by("task").agg(pl.len().alias("samples"), pl.col("tokens").sum(),
-                                                            pl.col("loss_tokens").sum()).sort("task").to_dicts(),
+        "per_task": data["by_task"].to_dicts(),
         "fill_mean": float(np.mean(data["fills"])) if data["fills"] else 0.0, "schema": SCHEMA_VERSION,
     }, indent=2) + "\n")
     return {"html": out / "index.html", "card": dir_ / "README.md", **plots}
