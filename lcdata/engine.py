@@ -145,6 +145,9 @@ class _Offline:
         self.llm = LLM(**kw)
         if cfg.reproducible:
             _sync_grammar_compilation(self.llm)
+            import logging
+
+            logging.getLogger("vllm.v1.core.block_pool").setLevel(logging.WARNING)  # a line per prefix-cache reset
 
     def run(self, reqs: Sequence[Request]) -> list[str]:
         from vllm import SamplingParams
