@@ -142,11 +142,26 @@ def test_lift_segments_overlap_and_partition_the_context(tok):
     off = tok.offsets(TEXT)
     segs = segments(off, TEXT, 512, 384)
     assert "".join(TEXT[new:b] for _, new, b in segs) == TEXT  # each char a target exactly once
-    assert all(TEXT[new - 1].isspace() for _, new, _ in segs[1:])  # never inside a word
+    assert all(TEXT[new - 1].isspace() or TEXT[new].isspace() for _, new, _ in segs[1:])  # never inside a word
     assert segs[0][0] == segs[0][1] == 0
     for (a, new, b), (a2, new2, _) in zip(segs, segs[1:]):
         assert a <= new < b and a2 < b and new2 == b  # overlaps the next; the next's new part starts here
     assert all(len(tok.encode(TEXT[a:b])) <= 512 + 16 for a, _, b in segs)  # snapping adds a word at most
+
+
+def test_lift_segments_of_prose_keep_their_length_and_overlap(tok):
+    """Prose, where SmolLM2's tokens carry their leading space: boundaries snap to the next
+    word, not to the next line (which made a 2K-token essay three paragraph-long segments
+    with empty overlaps)."""
+    from lcdata.read.corpora import eval_data_dir
+
+    text = json.loads((eval_data_dir() / "PaulGrahamEssays.json").read_text())["text"][:20000]
+    segs = segments(tok.offsets(text), text, 256, 128)
+    assert "".join(text[new:b] for _, new, b in segs) == text
+    for a, new, b in segs[1:]:
+        assert text[new - 1].isspace() or text[new].isspace()
+        assert len(tok.encode(text[a:new])) >= 128 - 8  # the overlap is the prompt: half a segment
+        assert len(tok.encode(text[a:b])) <= 256 + 8
 
 
 def test_lift_memorization_and_qa_variants(tok):

@@ -49,14 +49,19 @@ def qa_schema(k: int) -> dict[str, Any]:
 def segments(offsets: Any, text: str, seg: int, stride: int) -> list[tuple[int, int, int]]:
     """Overlapping token segments as char ranges ``(start, new_from, end)``: ``[start, end)`` is
     the segment, ``[new_from, end)`` the part not in the previous segment. The new parts
-    partition the text. Boundaries move forward to the next token after whitespace, so no
+    partition the text. Boundaries move forward to the next token that starts a word, so no
     target starts or ends inside a word (BPE splits words: "sojour|n'd")."""
     T, n_chars = len(offsets), len(text)
     if T == 0:
         return []
 
+    def starts_word(t: int) -> bool:
+        # Byte-level BPE tokens carry their leading space (" was" at the space), others follow it.
+        c = int(offsets[t][0])
+        return text[c].isspace() or text[c - 1].isspace()
+
     def cb(t: int) -> int:  # char boundary before token t, snapped to a word start
-        while 0 < t < T and not text[int(offsets[t][0]) - 1].isspace():
+        while 0 < t < T and not starts_word(t):
             t += 1
         return 0 if t == 0 else (n_chars if t >= T else int(offsets[t][0]))
 
