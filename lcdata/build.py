@@ -16,6 +16,7 @@ Output directory::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -70,8 +71,21 @@ def tokenizer_for(cfg: BuildConfig) -> ChatTokenizer:
     return _TOKENIZERS[cfg.model]
 
 
+@functools.cache
+def code_hash() -> str:
+    """sha256 of lcdata's own source (Python, C, prompt templates, data files): part of every
+    completion key, so a rerun after a code change redoes the shards instead of keeping outputs
+    the old code made (LLM answers stay cached: their keys are the requests themselves)."""
+    root = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*")):
+        if f.is_file() and f.suffix in {".py", ".c", ".txt", ".json"} and "__pycache__" not in f.parts:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
 def config_hash(cfg: BuildConfig, extra: Any = None) -> str:
-    blob = json.dumps([__version__, SCHEMA_VERSION, dump_config(cfg), extra], sort_keys=True)
+    blob = json.dumps([__version__, code_hash(), SCHEMA_VERSION, dump_config(cfg), extra], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 

@@ -181,3 +181,19 @@ def test_labels_only_on_assistant_answers(built, tok):
         assert trained.endswith("<|im_end|>") and "<|im_start|>" not in trained
         assert "<document>" not in trained
         start += n
+
+
+def test_a_code_change_redoes_finished_shards(built, tmp_path, monkeypatch):
+    """The completion key holds a hash of lcdata's source: outputs made by other code are redone."""
+    import lcdata.build as B
+
+    out, m, cfg = built
+    out2 = tmp_path / "code"
+    build_local(cfg, out2)
+    marker = next((out2 / "work").glob("*/_DONE"))
+    key = marker.read_text()
+    assert len(B.code_hash()) == 64
+    monkeypatch.setattr(B, "code_hash", lambda: "another version of lcdata")
+    m2 = build_local(cfg, out2)
+    assert marker.read_text() != key  # redone under the new key
+    assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
