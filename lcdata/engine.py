@@ -175,13 +175,14 @@ class _Offline:
                 # calls before it (which a resumed build found cached and did not make).
                 import torch
 
-                torch.manual_seed(call_seed(self.cfg.seed, reqs))
+                torch.manual_seed(call_seed(self.cfg, reqs))
         outs = self.llm.chat([r.messages for r in reqs], sampling_params=params, use_tqdm=False)
         return [o.outputs[0].text for o in outs]
 
 
-def call_seed(seed: int, reqs: Sequence[Request]) -> int:
-    blob = json.dumps([seed, [[r.messages, r.schema, r.max_tokens, r.temperature] for r in reqs]], sort_keys=True)
+def call_seed(cfg: EngineConfig, reqs: Sequence[Request]) -> int:
+    """The sampler seed of one call: a hash of its request keys (which hold `seed`)."""
+    blob = "".join(r.key(cfg) for r in reqs)
     return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:8], "little")
 
 

@@ -2,8 +2,9 @@
 SIGKILL when it reaches that point (a fault the tests cannot time from outside). Names:
 ``tokenized`` (a shard's first tokenized batch written, no _DONE yet), ``shard_done`` (the
 first input shard finished), ``engine_batch`` (a request batch cached), ``pack`` (first
-packed shard file written), ``manifest`` (manifest temp file written, not yet renamed). ``<name>:<n>`` kills at the n-th time
-the point is reached in the process (``engine_batch:3``: after the third cached batch)."""
+packed shard file written), ``manifest`` (manifest temp file written, not yet renamed).
+``<name>:<n>`` kills the n-th time the process reaches the point (``engine_batch:3``: after
+the third cached batch)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ _HITS: dict[str, int] = {}
 
 
 def crash_point(name: str) -> None:
-    want = os.environ.get("LCDATA_CRASH_AT")
-    if not want or want.split(":")[0] != name:
+    want, _, nth = os.environ.get("LCDATA_CRASH_AT", "").partition(":")
+    if want != name:
         return
     _HITS[name] = _HITS.get(name, 0) + 1
-    if _HITS[name] >= (int(want.split(":")[1]) if ":" in want else 1):
+    if _HITS[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
