@@ -43,11 +43,10 @@ def main() -> None:
     from lcdata.filters.decontam import DecontamStage, eval_index
     from lcdata.filters.dedup import char_shingles, near_duplicates
     from lcdata.filters.evidence import DistanceFilter, rebalance_depth
-    from lcdata.filters.verify import JudgeStage, VerifyStage, question_of
-    from lcdata.read import plan_source, read_shard, strategy_of
-    from lcdata.read.files import ReadStage
+    from lcdata.filters.verify import JudgeStage, VerifyStage
+    from lcdata.read import ReadStage, plan_source, strategy_of
     from lcdata.stage import Lineage, RejectSink
-    from lcdata.tasks import LLM_STAGES, TaskStage
+    from lcdata.tasks import TASKS, ProgrammaticTasks
 
     cfg = load_config(ROOT / "configs/demo.yaml", {"model": str(ROOT / "models/smollm2-135m-instruct")})
     cfg.engine.model = str(ROOT / cfg.engine.model)
@@ -56,9 +55,9 @@ def main() -> None:
     for src in cfg.sources:
         for sh in plan_source(src):
             asm = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(Lineage(), RejectSink(None))
-            contexts += list(asm.run(read_shard(sh, src, ReadStage(cfg.read).bind(Lineage(), RejectSink(None)))))
+            contexts += list(asm.run(ReadStage(cfg.read, src).bind(Lineage(), RejectSink(None)).run(sh.units)))
     prog = [t for t in cfg.tasks if t.kind in ("needles", "kv_tracking")]
-    samples = list(TaskStage(prog, tok, cfg.seed, 2048).bind(Lineage(), RejectSink(None)).run(contexts))
+    samples = list(ProgrammaticTasks(prog, tok, cfg.seed, 2048).bind(Lineage(), RejectSink(None)).run(contexts))
     print(f"{len(contexts)} demo contexts, {len(samples)} programmatic samples")
 
     def run(stage, items):  # noqa: ANN001, ANN202
@@ -74,7 +73,7 @@ def main() -> None:
     timed("decontamination index build (cached after), texts", 1, lambda: eval_index(DecontamFilter(enabled=True)))
     timed("decontamination, samples", len(samples), lambda: run(DecontamStage(DecontamFilter(enabled=True)), samples))
     timed("question dedup (MinHash LSH), samples", len(samples), lambda: near_duplicates(
-        [(s.id, char_shingles(question_of(s) + " " + s.messages[-1]["content"])) for s in samples], 0.6, 128))
+        [(s.id, char_shingles(s.question + " " + s.answer)) for s in samples], 0.6, 128))
     items = [(s.id, sum(e.depth for e in s.evidence) / len(s.evidence)) for s in samples]
     timed("depth rebalancing, samples", len(items), lambda: rebalance_depth(items, 0.15, 0))
 
@@ -83,9 +82,9 @@ def main() -> None:
     engine = Engine(cfg.engine, work / "cache")
     llm = []
     for t in cfg.tasks:
-        if t.kind in LLM_STAGES and t.kind in ("multihop", "compare", "lift", "short_qa"):
+        if t.kind in ("multihop", "compare", "lift", "short_qa"):
             t = t.model_copy(update={"context_fraction": min(1.0, t.context_fraction * 2)})
-            llm += run(LLM_STAGES[t.kind](t, engine, tok, cfg.seed, 2048), contexts)
+            llm += run(TASKS[t.kind](t, engine, tok, cfg.seed, 2048), contexts)
     qa = [s for s in llm if s.task in ("multihop", "compare", "lift_qa_ctx", "short_qa")]
     print(f"{len(qa)} LLM QA samples (multihop, compare, lift_qa_ctx, short_qa)")
     fresh = Engine(cfg.engine, None)  # no request cache: the checks are timed, not replayed

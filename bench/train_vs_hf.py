@@ -24,12 +24,12 @@ MODEL = ROOT / "models" / "smollm2-135m-instruct"
 
 def samples(n: int) -> list[tuple[np.ndarray, np.ndarray]]:
     from lcdata.build import build_local
-    from lcdata.config import LLM_TASKS, load_config
+    from lcdata.config import load_config, uses_engine
 
     out = Path(tempfile.mkdtemp()) / "ds"
     cfg = load_config(ROOT / "configs/demo.yaml", {"model": str(MODEL)})
     # the programmatic tasks only: the same samples as recorded in RESULTS.md, no engine start
-    cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if t.kind not in LLM_TASKS]})
+    cfg = cfg.model_copy(update={"tasks": [t for t in cfg.tasks if not uses_engine(t)]})
     build_local(cfg, out)
     t = pa.concat_tables([pa.ipc.open_file(f).read_all() for f in sorted(glob.glob(str(out / "work/*/tokenized.arrow")))])
     rng = np.random.default_rng(0)

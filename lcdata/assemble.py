@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from lcdata.config import AssembleConfig
 from lcdata.schema import Context, Document, Part
-from lcdata.stage import Stage
+from lcdata.stage import Kept, Producer
 from lcdata.tokenize import ChatTokenizer
 
 _PARA_BREAK = re.compile(r"\n[ \t]*\n+")
@@ -47,12 +47,11 @@ def _split_spans(text: str, start: int, end: int, pattern: re.Pattern[str]) -> l
 _LINE = re.compile(r"\n")
 
 
-class Assembler(Stage[Document, Context]):
+class Assembler(Producer[Document, Context]):
     """Consumes the Documents of one input shard (grouped, in plan order), emits Contexts.
 
     Stats: ``in`` documents, ``out`` documents used in at least one context, drops by reason
-    (``too_short``: a document or group too short for the smallest fill). ``n_contexts``
-    counts the contexts emitted."""
+    (``too_short``: a document or group too short for the smallest fill)."""
 
     name = "assemble"
 
@@ -64,7 +63,6 @@ class Assembler(Stage[Document, Context]):
         self.seed = seed
         # room for a file header in the smallest context
         self.max_piece = min(cfg.buckets) - cfg.reserve_tokens - 32
-        self.n_contexts = 0
 
     # -- pieces ------------------------------------------------------------------
     def pieces(self, doc: Document) -> list[Piece]:
@@ -102,10 +100,12 @@ class Assembler(Stage[Document, Context]):
         bucket = rng.choices(self.cfg.buckets, weights=self.cfg.bucket_weights)[0]
         return bucket
 
-    def run(self, records: Iterable[Document]) -> Iterator[Context]:
+    counts_inputs = True  # in: documents
+    counts_outputs = False  # out: documents used (Kept), not contexts
+
+    def produce(self, records: Iterable[Document]) -> Iterator[Context | Kept]:
         group: list[Document] = []
         for doc in records:
-            self.stats.in_ += 1
             if self.strategy == "natural":
                 yield from self._assemble([doc], doc.id)
             elif group and doc.group != group[0].group:
@@ -121,7 +121,7 @@ class Assembler(Stage[Document, Context]):
             return f"==> {doc.metadata['path']} <==\n"
         return ""
 
-    def _assemble(self, docs: list[Document], group: str) -> Iterator[Context]:
+    def _assemble(self, docs: list[Document], group: str) -> Iterator[Context | Kept]:
         rng = random.Random(f"{self.seed}:{docs[0].source}:{group}")
         source = docs[0].source
         used: set[str] = set()
@@ -170,7 +170,7 @@ class Assembler(Stage[Document, Context]):
                     break  # a tail too short for a context
         for d in docs:
             if d.id in used:
-                self.stats.out += 1
+                yield Kept()
             else:
                 self.drop(d.id, "too_short",
                           f"{d.id}: {len(d.text):,} chars, too short for any context "
@@ -207,6 +207,5 @@ class Assembler(Stage[Document, Context]):
             return self._emit(acc[:-1], source, group, k, target, headers)
         if n_tokens < self.cfg.min_fill * budget:
             return None, len(acc)
-        self.n_contexts += 1
         ctx = Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target)
         return ctx, len(acc)

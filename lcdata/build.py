@@ -26,7 +26,7 @@ import shutil
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -35,17 +35,21 @@ import yaml
 from lcdata import __version__
 from lcdata.arrowio import ArrowWriter, open_ipc, open_ipc_mapped, sha256_file, write_json
 from lcdata.assemble import Assembler
-from lcdata.config import BuildConfig, dump_config
+from lcdata.config import BuildConfig, SourceConfig, dump_config
 from lcdata.engine import Engine
 from lcdata.faults import crash_point
 from lcdata.filters.coherence import CoherenceStage
-from lcdata.filters.decontam import DecontamStage
-from lcdata.filters.dedup import char_shingles, near_duplicates, word_shingles
-from lcdata.filters.evidence import DistanceFilter, rebalance_depth
-from lcdata.filters.verify import JudgeStage, VerifyStage, question_of
+from lcdata.filters.dedup import DocumentDedup, near_duplicates, word_shingles
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
-from lcdata.read import InputShard, plan_source, read_shard, strategy_of
-from lcdata.read.files import ReadStage
+from lcdata.pipeline import (
+    BUILD_FILTERS,
+    SAMPLE_FILTERS,
+    ShardPipeline,
+    build_filters,
+    needs_engine,
+    shard_pipeline,
+)
+from lcdata.read import InputShard, ReadStage, plan_source
 from lcdata.schema import (
     CONTEXT_SCHEMA,
     PURPOSE_EVAL,
@@ -55,8 +59,9 @@ from lcdata.schema import (
     Sample,
 )
 from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
-from lcdata.stage import Filter, Lineage, RejectSink, StageStats
-from lcdata.tasks import LLM_STAGES, TaskStage
+from lcdata.stage import Lineage, RejectSink, StageStats
+from lcdata.tasks import ProgrammaticTasks
+from lcdata.tasks.synth import LLMStage
 from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 log = logging.getLogger("lcdata")
@@ -138,7 +143,7 @@ DEDUP_DOCS = Path("dedup") / "documents.json"
 def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> dict[str, Any]:
     """Near-duplicate documents over the whole build (before any shard runs): reads every input
     shard once, writes ``OUT/dedup/documents.json`` ({dropped id: kept id}); the shard tasks
-    drop those documents. A no-op unless ``filters.dedup.documents``."""
+    drop those documents (``DocumentDedup``). A no-op unless ``filters.dedup.documents``."""
     dc = cfg.filters.dedup
     if not dc.documents:
         return {}
@@ -146,9 +151,8 @@ def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -
     doc_ids: list[list[str]] = []
     for sj in shards:
         shard = InputShard.from_json(sj)
-        src = next(s for s in cfg.sources if s.name == shard.source)
-        reader = ReadStage(cfg.read).bind(Lineage(), RejectSink(None))  # counted again by the shard task
-        mine = [(d.id, word_shingles(d.text)) for d in read_shard(shard, src, reader)]
+        reader = ReadStage(cfg.read, source_config(cfg, shard.source))  # counted again by the shard task
+        mine = [(d.id, word_shingles(d.text)) for d in reader.run(shard.units)]
         items.extend(mine)
         doc_ids.append([i for i, _ in mine])
     dups = near_duplicates(items, dc.doc_threshold, dc.num_perm)
@@ -165,39 +169,113 @@ def dedup_documents(cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -
     return {"documents": len(items), "duplicates": len(dups)}
 
 
-def _doc_dups(cfg: BuildConfig, out: Path) -> dict[str, str] | None:
+def _doc_dups(cfg: BuildConfig, out: Path) -> dict[str, Any] | None:
     if not cfg.filters.dedup.documents:
         return None
     path = out / DEDUP_DOCS
     if not path.is_file():
-        raise FileNotFoundError(f"{path} missing: run the document dedup step first (build_local and the flow do)")
-    return json.loads(path.read_text())["duplicates"]
+        raise FileNotFoundError(f"{path} missing: run the document dedup step first (run_build does)")
+    return json.loads(path.read_text())
 
 
-class DocDedupStage(Filter[Any]):
-    name = "dedup_documents"
+def source_config(cfg: BuildConfig, name: str) -> SourceConfig:
+    return next(s for s in cfg.sources if s.name == name)
 
-    def __init__(self, dups: dict[str, str]) -> None:
-        super().__init__()
-        self.dups = dups
 
-    def keep(self, doc: Any) -> tuple[bool, str, str]:
-        if doc.id in self.dups:
-            return False, "near_duplicate", f"near-duplicate of {self.dups[doc.id]} (MinHash LSH, word 5-grams)"
-        return True, "", ""
+def shard_key(cfg: BuildConfig, shard_json: dict[str, Any], doc_dups: dict[str, Any] | None) -> str:
+    """The completion key of one input shard: the config, lcdata's code, the shard's files
+    (paths, sizes, mtimes) and the documents the whole-build dedup drops from it."""
+    mine = doc_dups.get("by_shard", {}).get(shard_json["id"], {}) if doc_dups is not None else None
+    return config_hash(cfg, [shard_json, unit_stamps(shard_json), mine])
+
+
+class ShardOutputs:
+    """The files one input shard writes, opened together: on success every one is closed
+    (renamed into place), on any error every one is aborted (its temp file removed)."""
+
+    def __init__(self, out: Path, shard_id: str, work: Path) -> None:
+        self.samples = ArrowWriter(out / "samples" / f"{shard_id}.arrow", SAMPLE_SCHEMA)
+        self.eval = ArrowWriter(out / "eval" / f"{shard_id}.arrow", SAMPLE_SCHEMA)
+        self.contexts = ArrowWriter(out / "contexts" / f"{shard_id}.arrow", CONTEXT_SCHEMA)
+        self.tokenized = ArrowWriter(work / "tokenized.arrow", TOKENIZED_SCHEMA)
+        self.rejects = RejectSink(out / "rejects" / f"{shard_id}.arrow")
+
+    def __enter__(self) -> ShardOutputs:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        writers = (self.samples, self.eval, self.contexts, self.tokenized)
+        if exc_type is not None:
+            for w in writers:
+                w.abort()
+            return
+        for w in writers:
+            w.close()
+        self.rejects.close()
+
+
+class _Batched:
+    """Rows to an ArrowWriter in batches of ``n``."""
+
+    def __init__(self, write: Any, n: int) -> None:
+        self.write, self.n, self.rows = write, n, []
+
+    def add(self, row: Any) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.n:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.rows:
+            self.write(self.rows)
+            self.rows = []
+
+
+def run_shard(p: ShardPipeline, units: list[Any], outs: ShardOutputs) -> tuple[int, int]:
+    """Drive one input shard's records through its pipeline into its outputs; returns the
+    numbers of contexts and of eval samples (kept apart, never tokenized)."""
+    records: Any = units
+    for st in p.documents:
+        records = st.run(records)
+    for f in p.contexts:
+        records = f.run(records)
+    contexts = list(records)  # every task reads all of them
+    outs.contexts.write_rows([c.to_row() for c in contexts])
+    samples: Any = itertools.chain(*(t.run(contexts) for t in p.tasks))
+    for f in p.samples:
+        samples = f.run(samples)
+    train_rows = _Batched(outs.samples.write_rows, 64)
+    eval_rows = _Batched(outs.eval.write_rows, 64)
+    n_eval = 0
+
+    def train(samples: Any) -> Any:  # eval samples are written apart; train ones go on to tokenize
+        nonlocal n_eval
+        for s in samples:
+            if s.purpose == PURPOSE_EVAL:
+                n_eval += 1
+                eval_rows.add(s.to_row())
+            else:
+                train_rows.add(s.to_row())
+                yield s
+        train_rows.flush()
+        eval_rows.flush()
+
+    tokenized = _Batched(lambda rows: outs.tokenized.write(_tokenized_batch(rows)), 256)
+    for t in p.tokenize.run(train(samples)):
+        tokenized.add({"sample_id": t.sample_id, "task": t.task, "split": t.split,
+                       "input_ids": t.input_ids, "labels": t.labels})
+    tokenized.flush()
+    return len(contexts), n_eval
 
 
 def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path) -> dict[str, Any]:
     """read -> assemble -> tasks -> tokenize for one input shard; returns its stats.
 
-    Skipped (stats read back) when its ``_DONE`` marker holds the same config hash."""
+    Skipped (stats read back) when its ``_DONE`` marker holds the same key (``shard_key``)."""
     shard = InputShard.from_json(shard_json)
     work = out / "work" / shard.id
-    dups = _doc_dups(cfg, out)
-    # inputs: the config, the shard's files (paths, sizes, mtimes) and the documents the
-    # whole-build dedup drops from it
-    mine = json.loads((out / DEDUP_DOCS).read_text()).get("by_shard", {}).get(shard.id, {}) if dups is not None else None
-    key = config_hash(cfg, [shard_json, unit_stamps(shard_json), mine])
+    doc_dups = _doc_dups(cfg, out)
+    key = shard_key(cfg, shard_json, doc_dups)
     done = work / DONE
     if done.is_file() and json.loads(done.read_text()).get("key") == key:
         return json.loads((work / "stats.json").read_text())
@@ -205,93 +283,19 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         shutil.rmtree(work)  # a partial or outdated attempt: redo it whole
     work.mkdir(parents=True)
     t0 = time.perf_counter()
-    src = next(s for s in cfg.sources if s.name == shard.source)
     tok = tokenizer_for(cfg)
-    lineage = Lineage()
-    rejects = RejectSink(out / "rejects" / f"{shard.id}.arrow")
-    reader = ReadStage(cfg.read).bind(lineage, rejects)
-    assembler = Assembler(cfg.assemble, tok, strategy_of(src), cfg.seed).bind(lineage, rejects)
-    tasks = TaskStage(cfg.tasks, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
-    llm_tasks = [t for t in cfg.tasks if t.kind in LLM_STAGES]
-    fc = cfg.filters
     # one Engine (request cache) per shard; the vLLM backend behind it is shared by the process
-    needs_engine = bool(llm_tasks) or fc.verify.enabled or fc.judge.enabled
-    engine = Engine(cfg.engine, out / "cache" / shard.id) if needs_engine else None
-    doc_filter = DocDedupStage(dups).bind(lineage, rejects) if dups is not None else None
-    coherence = CoherenceStage(fc.coherence, cfg.model, tok).bind(lineage, rejects) if fc.coherence.enabled else None
-    sample_filters: list[Any] = []
-    if fc.evidence.min_distance_tokens > 0 or fc.evidence.min_distance_frac > 0:
-        sample_filters.append(DistanceFilter(fc.evidence))
-    if fc.decontaminate.enabled:
-        sample_filters.append(DecontamStage(fc.decontaminate))
-    if fc.judge.enabled:
-        sample_filters.append(JudgeStage(fc.judge, engine))
-    if fc.verify.enabled:
-        sample_filters.append(VerifyStage(fc.verify, engine, tok))
-    sample_filters = [f.bind(lineage, rejects) for f in sample_filters]
-    synth = [LLM_STAGES[t.kind](t, engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lineage, rejects)
-             for t in llm_tasks]
-    tokenizer = TokenizeStage(tok, cfg.tokenize.loss_on, cfg.tokenize.batch_size).bind(lineage, rejects)
-
-    train_w = ArrowWriter(out / "samples" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
-    eval_w = ArrowWriter(out / "eval" / f"{shard.id}.arrow", SAMPLE_SCHEMA)
-    tok_w = ArrowWriter(work / "tokenized.arrow", TOKENIZED_SCHEMA)
-    ctx_w = ArrowWriter(out / "contexts" / f"{shard.id}.arrow", CONTEXT_SCHEMA)
-    n_eval = 0
-
-    def train_samples():  # noqa: ANN202 - a generator feeding the tokenizer
-        nonlocal n_eval
-        buf: list[dict[str, Any]] = []
-        ebuf: list[dict[str, Any]] = []
-        docs = read_shard(shard, src, reader)
-        if doc_filter is not None:
-            docs = doc_filter.run(docs)
-        contexts = list(assembler.run(docs))
-        if coherence is not None:
-            contexts = list(coherence.run(contexts))
-        ctx_w.write_rows([c.to_row() for c in contexts])
-        made = itertools.chain(tasks.run(contexts), *(st.run(contexts) for st in synth))
-        for f in sample_filters:
-            made = f.run(made)
-        for s in made:
-            if s.purpose == PURPOSE_EVAL:
-                n_eval += 1
-                ebuf.append(s.to_row())
-                if len(ebuf) >= 64:
-                    eval_w.write_rows(ebuf)
-                    ebuf = []
-                continue
-            buf.append(s.to_row())
-            if len(buf) >= 64:
-                train_w.write_rows(buf)
-                buf = []
-            yield s
-        train_w.write_rows(buf)
-        eval_w.write_rows(ebuf)
-
-    writers = [train_w, eval_w, tok_w, ctx_w]
-    try:
-        rows: list[dict[str, Any]] = []
-        for t in tokenizer.run(train_samples()):
-            rows.append({"sample_id": t.sample_id, "task": t.task, "split": t.split,
-                         "input_ids": t.input_ids, "labels": t.labels})
-            if len(rows) >= 256:
-                tok_w.write(_tokenized_batch(rows))
-                rows = []
-        if rows:
-            tok_w.write(_tokenized_batch(rows))
+    engine = Engine(cfg.engine, out / "cache" / shard.id) if needs_engine(cfg) else None
+    lineage = Lineage()
+    with ShardOutputs(out, shard.id, work) as outs:
+        p = shard_pipeline(cfg, source_config(cfg, shard.source), tok, engine,
+                           doc_dups["duplicates"] if doc_dups is not None else None, lineage, outs.rejects)
+        n_contexts, n_eval = run_shard(p, shard.units, outs)
         crash_point("tokenized")
-        for w in writers:
-            w.close()
-        rejects.close()
-    except BaseException:
-        for w in writers:
-            w.abort()
-        raise
     stats = {
         "shard": shard.id,
         "lineage": lineage.to_json(),
-        "contexts": assembler.n_contexts,
+        "contexts": n_contexts,
         "eval_samples": n_eval,
         "engine_requests": engine.calls if engine else 0,
         "seconds": round(time.perf_counter() - t0, 3),
@@ -317,32 +321,32 @@ def _tokenized_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
 
 def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats) -> dict[str, Any]:
     """Documents read = used + dropped by reason; samples made = packed + eval + dropped by reason."""
-    read, asm = lineage.get("read", {}), lineage.get("assemble", {})
-    tasks, tok = lineage.get("tasks", {}), lineage.get("tokenize", {})
-    synth_stages = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith("synthesize.")}
+    empty: dict[str, Any] = {"in": 0, "out": 0, "dropped": {}}
+    read, asm = lineage.get(ReadStage.name, empty), lineage.get(Assembler.name, empty)
+    tasks, tok = lineage.get(ProgrammaticTasks.name, empty), lineage.get(TokenizeStage.name, empty)
+    synth_stages = {k.split(".", 1)[1]: v for k, v in lineage.items() if k.startswith(LLMStage.PREFIX)}
     made_llm = sum(v.get("out", 0) for v in synth_stages.values())
-    sample_drops: dict[str, int] = {}
-    filters = [lineage.get(k, {}) for k in SAMPLE_FILTER_STAGES]
-    for d in (*(f.get("dropped", {}) for f in filters), tok.get("dropped", {}), dict(pack.dropped)):
-        for k, v in d.items():
-            sample_drops[k] = sample_drops.get(k, 0) + v
+    sample_drops: Counter[str] = Counter()
+    for d in (*(lineage.get(f.name, empty)["dropped"] for f in (*SAMPLE_FILTERS, *BUILD_FILTERS)),
+              tok["dropped"], dict(pack.dropped)):
+        sample_drops.update(d)
     return {
-        "records_read": read.get("in", 0),
+        "records_read": read["in"],
         "documents": {
-            "read": read.get("out", 0),
-            "used": asm.get("out", 0),
+            "read": read["out"],
+            "used": asm["out"],
             # assembly's drops and the near-duplicates removed before it
-            "dropped": dict(sorted((Counter(asm.get("dropped", {}))
-                                    + Counter(lineage.get("dedup_documents", {}).get("dropped", {}))).items())),
-            "rejected_at_read": read.get("dropped", {}),
+            "dropped": dict(sorted((Counter(asm["dropped"])
+                                    + Counter(lineage.get(DocumentDedup.name, empty)["dropped"])).items())),
+            "rejected_at_read": read["dropped"],
         },
-        "contexts": tasks.get("in", 0),
-        "contexts_dropped": lineage.get("coherence", {}).get("dropped", {}),
+        "contexts": tasks["in"],
+        "contexts_dropped": lineage.get(CoherenceStage.name, empty)["dropped"],
         # per LLM task: samples planned = made + dropped by reason
         "synthesis": {k: {"planned": v.get("in", 0), "made": v.get("out", 0), "dropped": v.get("dropped", {})}
                       for k, v in synth_stages.items()},
         "samples": {
-            "made": tasks.get("out", 0) + made_llm,
+            "made": tasks["out"] + made_llm,
             "packed": pack.out,
             "eval": eval_samples,
             "dropped": dict(sorted(sample_drops.items())),
@@ -351,48 +355,22 @@ def _lineage_totals(lineage: dict[str, Any], eval_samples: int, pack: StageStats
     }
 
 
-# stages that drop samples after they were made (their drops count in samples.dropped)
-SAMPLE_FILTER_STAGES = ("evidence_distance", "decontaminate", "judge", "verify", "dedup_questions", "rebalance_depth")
-
-
 def select_samples(cfg: BuildConfig, out: Path, lineage: Lineage) -> set[str]:
-    """Whole-build selection before packing: near-duplicate questions, then evidence depth
-    rebalancing. Returns the sample ids to leave out; counts and rejects like any stage."""
-    fc = cfg.filters
-    if not (fc.dedup.questions or fc.evidence.rebalance_depth):
+    """Whole-build filters before packing (``pipeline.build_filters``: near-duplicate
+    questions, then evidence depth rebalancing) over the train samples of every shard.
+    Returns the sample ids to leave out; counts and rejects like any stage."""
+    filters = build_filters(cfg)
+    if not filters:
         return set()
     files = sorted((out / "samples").glob("*.arrow"))
-    rows = [r for f in files for r in open_ipc(f).to_pylist()] if files else []
+    kept = [Sample.from_row(r) for f in files for r in open_ipc(f).to_pylist()]
     rejects = RejectSink(out / "rejects" / "_build.arrow")
     exclude: set[str] = set()
-    if fc.dedup.questions:
-        st = lineage.stage("dedup_questions")
-        cand = [Sample.from_row(r) for r in rows if r["task"] in fc.dedup.tasks]
-        st.in_ += len(cand)
-        by_task: dict[str, list[tuple[str, set[str]]]] = {}
-        for smp in cand:
-            by_task.setdefault(smp.task, []).append(
-                (smp.id, char_shingles(question_of(smp) + " " + smp.messages[-1]["content"])))
-        for items in by_task.values():
-            for sid, kept in near_duplicates(items, fc.dedup.question_threshold, fc.dedup.num_perm).items():
-                st.dropped["duplicate_question"] += 1
-                rejects.add("dedup_questions", "duplicate_question", f"near-duplicate of {kept}", sid, "")
-                exclude.add(sid)
-        st.out += len(cand) - len(exclude)
-    if fc.evidence.rebalance_depth:
-        st = lineage.stage("rebalance_depth")
-        items = [(r["id"], sum(e["depth"] for e in r["evidence"]) / len(r["evidence"]))
-                 for r in rows if r["evidence"] and r["id"] not in exclude]
-        st.in_ += len(items)
-        drop, hist = rebalance_depth(items, fc.evidence.max_decile_share, cfg.seed)
-        for sid in sorted(drop):
-            st.dropped["depth_rebalance"] += 1
-            rejects.add("rebalance_depth", "depth_rebalance", f"its depth decile is over {fc.evidence.max_decile_share:.0%}"
-                        " of the samples with evidence", sid, "")
-        st.out += len(items) - len(drop)
-        st.notes.update({f"before_d{i}": n for i, n in enumerate(hist["before"])})
-        st.notes.update({f"after_d{i}": n for i, n in enumerate(hist["after"])})
-        exclude |= drop
+    for f, examines in filters:
+        f.bind(lineage, rejects)
+        passed = {s.id for s in f.run([s for s in kept if examines(s)])}
+        exclude |= {s.id for s in kept if examines(s) and s.id not in passed}
+        kept = [s for s in kept if s.id not in exclude]
     rejects.close()
     return exclude
 
@@ -481,13 +459,35 @@ def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_
     return shards
 
 
-def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
-    """The whole build in this process, without Prefect (tests, benchmarks, debugging)."""
+class Runner(Protocol):
+    """How a build launches its per-shard work; everything else is ``run_build``'s."""
+
+    def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]: ...
+
+
+class LocalRunner:
+    """Every input shard in this process, one after another (tests, benchmarks, debugging)."""
+
+    def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+        return [process_input_shard(cfg, s, out) for s in shards]
+
+
+def run_build(cfg: BuildConfig, out: Path, runner: Runner | None = None, say: Any = log.info) -> dict[str, Any]:
+    """The whole build: plan, prepare the output, prune stale shard outputs, document dedup,
+    the shards (through ``runner``), then whole-build filters, pack, shards and manifest.
+    The one orchestration: the in-process, Prefect and Dask runners only map the shards."""
     out = Path(out)
     shards = plan_build(cfg)  # plan first: a bad source path fails before anything is written
     prepare_output(cfg, out)
     prune_stale(out, shards)
-    dedup_documents(cfg, shards, out)
-    stats = [process_input_shard(cfg, s, out) for s in shards]
+    say(f"lcdata build: {len(shards)} input shard(s) -> {out}")
+    dd = dedup_documents(cfg, shards, out)  # whole-build step: before any shard
+    if dd:
+        say(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
+    stats = (runner or LocalRunner()).map_shards(cfg, shards, out)
     return pack_and_write(cfg, stats, out)
 
+
+def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:
+    """The whole build in this process, without Prefect."""
+    return run_build(cfg, out, LocalRunner())

@@ -55,9 +55,9 @@ def build(
             manifest = build_local(cfg, out)
             totals = manifest["totals"]
         else:
-            from pipelines.build import run_build
+            from pipelines.build import run_flow
 
-            totals = run_build(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
+            totals = run_flow(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
     except (SourceError, MissingCorpusError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(

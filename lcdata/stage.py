@@ -8,6 +8,7 @@ keep/drop + reason; the base class does the counting and writing.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections import Counter
@@ -92,6 +93,9 @@ class RejectSink:
 
 
 class Stage(Generic[I, O]):
+    """A step of the pipeline. Its lineage name is the class attribute ``name``; subclasses
+    never write counters: ``drop`` counts drops, ``Filter`` and ``Producer`` count the rest."""
+
     name: str = "stage"
 
     def __init__(self) -> None:
@@ -108,15 +112,44 @@ class Stage(Generic[I, O]):
         self.rejects.add(self.name, reason, message, record_id, record)
         log.warning("%s: dropped %s (%s): %s", self.name, record_id, reason, message)
 
+    def note(self, key: str, n: int = 1) -> None:
+        """A stage-specific count (an ablation, a skip) kept beside in/out/dropped."""
+        self.stats.notes[key] += n
+
     def run(self, records: Iterable[I]) -> Iterator[O]:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
-class Filter(Stage[I, I]):
-    """Answer keep/drop + reason; counting and rejects are handled here."""
+@dataclass(frozen=True)
+class Verdict:
+    """A filter's answer for one record: keep it, or drop it under a reason code."""
 
-    def keep(self, record: I) -> tuple[bool, str, str]:  # (keep, reason, message)
+    keep: bool
+    reason: str = ""
+    message: str = ""
+
+
+KEEP = Verdict(True)
+
+
+def reject(reason: str, message: str) -> Verdict:
+    return Verdict(False, reason, message)
+
+
+class Filter(Stage[I, I]):
+    """Answers keep/drop + reason per record (``keep``) or per batch (``keep_batch``, for
+    filters that batch engine calls); counting and rejects are handled here.
+
+    ``batch_size``: records handed to ``keep_batch`` at once (None: the whole input, for
+    filters whose engine requests are cheapest in one call)."""
+
+    batch_size: int | None = 1
+
+    def keep(self, record: I) -> Verdict:
         raise NotImplementedError
+
+    def keep_batch(self, batch: list[I]) -> list[Verdict]:
+        return [self.keep(r) for r in batch]
 
     def record_id(self, record: I) -> str:
         return str(getattr(record, "id", "?"))
@@ -126,11 +159,62 @@ class Filter(Stage[I, I]):
         return to_row() if to_row else record
 
     def run(self, records: Iterable[I]) -> Iterator[I]:
+        it = iter(records)
+        while batch := list(itertools.islice(it, self.batch_size)):
+            self.stats.in_ += len(batch)
+            verdicts = self.keep_batch(batch)
+            if len(verdicts) != len(batch):
+                raise RuntimeError(f"{type(self).__name__}.keep_batch returned {len(verdicts)} verdicts "
+                                   f"for {len(batch)} records")
+            for r, v in zip(batch, verdicts, strict=True):
+                if v.keep:
+                    self.stats.out += 1
+                    yield r
+                else:
+                    self.drop(self.record_id(r), v.reason, v.message, self.record_json(r))
+
+
+@dataclass(frozen=True)
+class Planned:
+    """Yielded by ``Producer.produce``: ``n`` more units taken in (raw records read, samples
+    planned). Every unit ends as an emitted record or a drop."""
+
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class Kept:
+    """Yielded by ``Producer.produce`` of a stage whose ``out`` counts input units kept rather
+    than records emitted (assembly: documents used in a context)."""
+
+    n: int = 1
+
+
+class Producer(Stage[I, O]):
+    """Stages that plan and emit records (readers, assembly, tasks, LLM synthesis, tokenize).
+
+    Subclasses implement ``produce(records)``, a generator of output records and markers; the
+    base counts ``in`` from ``Planned`` markers (or, with ``counts_inputs``, every input record
+    as one unit) and ``out`` from the records yielded (or, without ``counts_outputs``, from
+    ``Kept`` markers)."""
+
+    counts_inputs: bool = False
+    counts_outputs: bool = True
+
+    def produce(self, records: Iterable[I]) -> Iterator[O | Planned | Kept]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _counted(self, records: Iterable[I]) -> Iterator[I]:
         for r in records:
             self.stats.in_ += 1
-            ok, reason, message = self.keep(r)
-            if ok:
-                self.stats.out += 1
-                yield r
+            yield r
+
+    def run(self, records: Iterable[I]) -> Iterator[O]:
+        for item in self.produce(self._counted(records) if self.counts_inputs else records):
+            if isinstance(item, Planned):
+                self.stats.in_ += item.n
+            elif isinstance(item, Kept):
+                self.stats.out += item.n
             else:
-                self.drop(self.record_id(r), reason, message, self.record_json(r))
+                self.stats.out += self.counts_outputs
+                yield item

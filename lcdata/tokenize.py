@@ -20,7 +20,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from lcdata.schema import IGNORE_INDEX, Sample
-from lcdata.stage import Stage
+from lcdata.stage import Producer
 
 
 class TemplateError(ValueError):
@@ -143,8 +143,9 @@ def _token_at_or_after(enc: Any, char: int, n_chars: int) -> int:
     return len(enc.ids)
 
 
-class TokenizeStage(Stage[Sample, TokenizedSample]):
+class TokenizeStage(Producer[Sample, TokenizedSample]):
     name = "tokenize"
+    counts_inputs = True  # in: samples
 
     def __init__(self, tok: ChatTokenizer, loss_on: str = "all", batch_size: int = 64) -> None:
         super().__init__()
@@ -152,10 +153,9 @@ class TokenizeStage(Stage[Sample, TokenizedSample]):
         self.loss_on = loss_on
         self.batch_size = batch_size
 
-    def run(self, records: Iterable[Sample]) -> Iterator[TokenizedSample]:
+    def produce(self, records: Iterable[Sample]) -> Iterator[TokenizedSample]:
         batch: list[Sample] = []
         for s in records:
-            self.stats.in_ += 1
             batch.append(s)
             if len(batch) >= self.batch_size:
                 yield from self._flush(batch)
@@ -174,5 +174,4 @@ class TokenizeStage(Stage[Sample, TokenizedSample]):
             if not (labels != IGNORE_INDEX).any():
                 self.drop(s.id, "no_loss_tokens", f"sample {s.id}: assistant turns are empty after tokenization", s.to_row())
                 continue
-            self.stats.out += 1
             yield TokenizedSample(s.id, s.task, s.split, ids, labels)

@@ -1,13 +1,16 @@
-"""The build flow: plan input shards, map one task per shard, then pack and write.
+"""The build flow: ``lcdata.build.run_build`` with a runner that maps one Prefect task per
+input shard (on a thread pool, or on Dask workers).
 
-Thin by design: every step is a function of ``lcdata.build``; tasks get the resolved
-config (a small dict), one input shard's file list and the output path, and return small
-stats dicts. Resume comes from the per-shard ``_DONE`` markers: a rerun of the same
-command skips finished shards and rewrites only what is missing.
+Thin by design: the orchestration and the stage order live in ``lcdata`` (``build.run_build``,
+``pipeline.shard_pipeline``); tasks get the resolved config (a small dict), one input shard's
+file list and the output path, and return small stats dicts. Resume comes from the per-shard
+``_DONE`` markers: a rerun of the same command skips finished shards and rewrites only what
+is missing.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -24,7 +27,7 @@ from prefect.task_runners import ThreadPoolTaskRunner  # noqa: E402
 from rich.progress import MofNCompleteColumn, Progress  # noqa: E402
 
 from lcdata import build as B  # noqa: E402
-from lcdata.config import parse_config  # noqa: E402
+from lcdata.config import BuildConfig, dump_config, parse_config  # noqa: E402
 
 
 @task(name="process-input-shard", cache_policy=NONE)
@@ -32,14 +35,23 @@ def process_shard_task(cfg_json: dict[str, Any], shard: dict[str, Any], out: str
     return B.process_input_shard(parse_config(cfg_json), shard, Path(out))
 
 
-@task(name="pack-and-write", cache_policy=NONE)
-def pack_task(cfg_json: dict[str, Any], stats: list[dict[str, Any]], out: str) -> dict[str, Any]:
-    m = B.pack_and_write(parse_config(cfg_json), stats, Path(out))
-    _publish_artifact(m, stats, out)
-    return {"totals": m["totals"], "shards": len(m["shards"])}
+class PrefectRunner:
+    """Maps ``process_shard_task`` over the input shards on the flow's task runner (a thread
+    pool, or Dask workers); tasks get the resolved config (a small dict), one shard's file list
+    and the output path, and return small stats dicts."""
+
+    def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+        futures = process_shard_task.map(unmapped(dump_config(cfg)), shards, unmapped(str(out)))
+        stats = []
+        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:
+            job = bar.add_task("input shards", total=len(futures))
+            for f in as_completed(futures):
+                stats.append(f.result())
+                bar.advance(job)
+        return stats
 
 
-def _publish_artifact(m: dict[str, Any], stats: list[dict[str, Any]], out: str) -> None:
+def _publish_artifact(m: dict[str, Any], out: str) -> None:
     """A table artifact per build (Prefect UI -> Artifacts): counts, drops, fill, timings."""
     from prefect.artifacts import create_table_artifact
 
@@ -47,30 +59,19 @@ def _publish_artifact(m: dict[str, Any], stats: list[dict[str, Any]], out: str) 
              "dropped": ", ".join(f"{r}={n}" for r, n in v["dropped"].items()) or "-"}
             for k, v in m["lineage"]["stages"].items()]
     t = m["totals"]
+    seconds = sum(json.loads((Path(out) / "build_info.json").read_text())["shard_seconds"].values())
     rows.append({"stage": "TOTAL", "in": t["samples"], "out": t["rows"],
                  "dropped": f"rows {t['rows']}, tokens {t['tokens']}, fill {t['fill']:.2%}, "
-                            f"shard seconds {sum(s['seconds'] for s in stats):.1f}"})
+                            f"shard seconds {seconds:.1f}"})
     create_table_artifact(key="lcdata-build", table=rows, description=f"lcdata build {m['name']} -> {out}")
 
 
 @flow(name="lcdata-build", log_prints=True)
 def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
-    cfg = parse_config(cfg_json)
-    shards = B.plan_build(cfg)  # plan first: a bad source path fails before anything is written
-    B.prepare_output(cfg, Path(out))
-    B.prune_stale(Path(out), shards)
-    print(f"lcdata build: {len(shards)} input shard(s) -> {out}")
-    dd = B.dedup_documents(cfg, shards, Path(out))  # whole-build step: before any shard task
-    if dd:
-        print(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
-    futures = process_shard_task.map(unmapped(cfg_json), shards, unmapped(out))
-    stats = []
-    with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:
-        job = bar.add_task("input shards", total=len(futures))
-        for f in as_completed(futures):
-            stats.append(f.result())
-            bar.advance(job)
-    return pack_task(cfg_json, stats, out)
+    """``lcdata.build.run_build`` with the shards mapped as Prefect tasks."""
+    m = B.run_build(parse_config(cfg_json), Path(out), PrefectRunner(), say=print)
+    _publish_artifact(m, out)
+    return {"totals": m["totals"], "shards": len(m["shards"])}
 
 
 def update_latest(out_root: Path, version: str) -> None:
@@ -90,7 +91,7 @@ def scheduled_build(config: str, out_root: str, workers: int = 2) -> dict[str, A
 
     from prefect.runtime import flow_run
 
-    from lcdata.config import dump_config, load_config
+    from lcdata.config import load_config
 
     when = flow_run.scheduled_start_time or datetime.now(UTC)
     version = when.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -121,7 +122,7 @@ def deploy_schedule(config: Path, out_root: Path, cron: str, name: str, pool: st
                           parameters={"config": str(config), "out_root": str(out_root), "workers": workers}))
 
 
-def run_build(cfg_json: dict[str, Any], out: str | Path, workers: int = 2,
+def run_flow(cfg_json: dict[str, Any], out: str | Path, workers: int = 2,
               dask_address: str | None = None) -> dict[str, Any]:
     """Run the flow with a thread pool of ``workers`` (ephemeral Prefect server if no API URL),
     or on an existing Dask cluster (``dask_address``, e.g. tcp://10.0.0.5:8786): one task per

@@ -6,15 +6,14 @@ import pytest
 
 from lcdata.assemble import Assembler
 from lcdata.config import AssembleConfig, ReadConfig, SourceConfig
-from lcdata.read import plan_source, read_shard, strategy_of
-from lcdata.read.files import ReadStage
+from lcdata.read import ReadStage, plan_source, strategy_of
 from lcdata.schema import Document
 from lcdata.stage import Lineage, RejectSink
 
 
 def docs_of(src: SourceConfig) -> list[Document]:
-    stage = ReadStage(ReadConfig())
-    return [d for sh in plan_source(src) for d in read_shard(sh, src, stage)]
+    stage = ReadStage(ReadConfig(), src)
+    return [d for sh in plan_source(src) for d in stage.run(sh.units)]
 
 
 def assemble(docs, tok, strategy, **cfg):

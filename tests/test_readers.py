@@ -3,24 +3,27 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 import pytest
+from pydantic import ValidationError
 
 from lcdata.config import ReadConfig, SourceConfig
-from lcdata.read import SourceError, plan_source, read_shard
-from lcdata.read.corpora import clean_wikitext, is_test_path
-from lcdata.read.files import ReadStage
-from lcdata.stage import Lineage, RejectSink
+from lcdata.read import SOURCES, Drop, ReadStage, Source, SourceError, plan_source, strategy_of
+from lcdata.read.base import single_unit
+from lcdata.read.corpora import Wikipedia, clean_wikitext, is_test_path
+from lcdata.schema import Document
+from lcdata.stage import Lineage, Planned, RejectSink
 
 
 def read_all(src: SourceConfig, read_cfg: ReadConfig | None = None, rejects_path=None):
     lineage = Lineage()
     sink = RejectSink(rejects_path)
-    stage = ReadStage(read_cfg or ReadConfig()).bind(lineage, sink)
-    docs = [d for sh in plan_source(src) for d in read_shard(sh, src, stage)]
+    stage = ReadStage(read_cfg or ReadConfig(), src).bind(lineage, sink)
+    docs = [d for sh in plan_source(src) for d in stage.run(sh.units)]
     sink.close()
     return docs, lineage.stage("read"), sink
 
@@ -178,6 +181,7 @@ def test_wikipedia_articles_are_cleaned():
     d = next(d for d in docs if d.metadata["title"] == "Anarchism")
     assert "{{" not in d.text and "[[" not in d.text and "<ref" not in d.text
     assert "anarchism" in d.text.lower() and len(d.text) > 10_000
+    assert d.metadata["license"] == Wikipedia.license == "CC-BY-SA-3.0"
     assert_adds_up(st)
 
 
@@ -193,3 +197,80 @@ def test_rejects_file_is_arrow(tmp_path):
     t = ipc.open_file(str(tmp_path / "rej.arrow")).read_all()
     assert t.column("reason").to_pylist() == ["bad_json"]
     assert json.dumps(t.column("record").to_pylist()[0]) != ""
+
+
+# ---------------------------------------------------------------- the registry
+def test_config_kinds_are_the_registered_sources():
+    assert set(SourceConfig.model_json_schema()["properties"]["kind"]["enum"]) == set(SOURCES)
+    for kind, cls in SOURCES.items():
+        assert cls.kind == kind and cls.description and cls.default_strategy in ("natural", "concat")
+        if cls.needs_path:
+            assert cls.license is None
+            with pytest.raises(ValidationError, match=f"of kind `{kind}` needs `path`"):
+                SourceConfig(name="x", kind=kind)
+        else:
+            assert cls.license and SourceConfig(name="x", kind=kind).kind == kind
+    with pytest.raises(ValidationError, match=r"unknown source kind `txt`; the kinds are: arrow, code_repo, "):
+        SourceConfig(name="x", kind="txt")
+
+
+def test_a_kind_is_defined_once():
+    with pytest.raises(ValueError, match="source kind `jsonl` is defined twice"):
+        class Again(Source):
+            kind = "jsonl"
+    assert SOURCES["jsonl"].__name__ == "Jsonl"
+
+
+def test_a_new_source_kind_is_one_class(tmp_path):
+    class Lines(Source):
+        """One document per line of one file; `#` lines are dropped."""
+
+        kind = "test_lines"
+        needs_path = True
+        default_strategy = "concat"
+        description = "lines of a file"
+
+        @classmethod
+        def units(cls, cfg):
+            return single_unit(cls.existing_root(cfg))
+
+        @classmethod
+        def read(cls, cfg, unit):
+            for i, line in enumerate(Path(unit.path).read_text().splitlines(), 1):
+                yield Planned()
+                if line.startswith("#"):
+                    yield Drop(f"{cfg.name}/{i}", "comment", f"{unit.path}:{i}: a comment line", line)
+                else:
+                    yield Document(f"{cfg.name}/{i}", cfg.name, line, {"group": "all"})
+
+    try:
+        assert SOURCES["test_lines"] is Lines
+        assert "test_lines" in SourceConfig.model_json_schema()["properties"]["kind"]["enum"]
+        with pytest.raises(ValidationError, match="needs `path`"):
+            SourceConfig(name="l", kind="test_lines")
+        p = tmp_path / "l.txt"
+        p.write_text("alpha\n# note\n  \nbeta\n")
+        src = SourceConfig(name="l", kind="test_lines", path=str(p))
+        assert strategy_of(src) == "concat"
+        assert [[u.rel for u in s.units] for s in plan_source(src)] == [["l.txt"]]
+        docs, st, sink = read_all(src)
+        assert [d.text for d in docs] == ["alpha", "beta"]
+        assert st.to_json() == {"in": 4, "out": 2, "dropped": {"comment": 1, "empty": 1}}
+        assert f"{p}:2: a comment line" in sink.rows[0]["message"] and "l/3: empty" in sink.rows[1]["message"]
+    finally:
+        SOURCES.pop("test_lines", None)
+    with pytest.raises(ValidationError, match="unknown source kind `test_lines`"):
+        SourceConfig(name="l", kind="test_lines", path=str(p))
+
+
+def test_missing_file_is_counted_and_dropped(tmp_path):
+    (tmp_path / "a.txt").write_text("a")
+    (tmp_path / "b.txt").write_text("b")
+    src = SourceConfig(name="t", kind="text_dir", path=str(tmp_path))
+    shards = plan_source(src)
+    (tmp_path / "a.txt").unlink()
+    lineage, sink = Lineage(), RejectSink(None)
+    docs = list(ReadStage(ReadConfig(), src).bind(lineage, sink).run(shards[0].units))
+    assert [d.id for d in docs] == ["t/b.txt"]
+    assert lineage.to_json()["read"] == {"in": 2, "out": 1, "dropped": {"missing_file": 1}}
+    assert "a.txt: file disappeared since planning; rerun the build" in sink.rows[0]["message"]

@@ -35,7 +35,7 @@ def test_version_mismatch_is_refused():
 def test_sample_round_trips_through_arrow():
     s = S.Sample(
         id="x", task="needles", messages=[{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"}],
-        split="long", purpose="train", context_id="ctx", context_message=0, context_offset=0, context_chars=2,
+        question="", answer="c", split="long", purpose="train", context_id="ctx", context_message=0, context_offset=0, context_chars=2,
         context_tokens=1, sources=[S.Part("d", 0, 2, 5, 7)], evidence=[S.Evidence("b", 1, 2, 0.5)], meta={"k": [1]},
     )
     t = pa.Table.from_pylist([s.to_row()], schema=S.SAMPLE_SCHEMA)

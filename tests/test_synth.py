@@ -24,7 +24,7 @@ from lcdata.engine import Engine, EngineConfig
 from lcdata.read.corpora import shakespeare_root
 from lcdata.schema import Context, Part
 from lcdata.stage import Lineage, RejectSink
-from lcdata.tasks import LLM_STAGES
+from lcdata.tasks import TASKS
 from lcdata.tasks.lift import segments, window
 from lcdata.tasks.synth import Job, anchor, pick_chunks, sections_of
 
@@ -46,7 +46,7 @@ def test_chunks_are_far_apart_and_spread():
 def stage(tok, cfg=None):
     lin = Lineage()
     cfg = cfg or MultihopTask()
-    st = LLM_STAGES[cfg.kind](cfg, Engine(EngineConfig()), tok, 0, 2048).bind(lin, RejectSink(None))
+    st = TASKS[cfg.kind](cfg, Engine(EngineConfig()), tok, 0, 2048).bind(lin, RejectSink(None))
     return st, lin.stage(f"synthesize.{cfg.kind}")
 
 

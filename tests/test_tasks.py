@@ -17,8 +17,7 @@ from lcdata.config import (
     ReadConfig,
     SourceConfig,
 )
-from lcdata.read import plan_source, read_shard
-from lcdata.read.files import ReadStage
+from lcdata.read import ReadStage, plan_source
 from lcdata.schema import PURPOSE_EVAL, Part
 from lcdata.tasks.base import insert_texts
 from lcdata.tasks.programmatic import hotpot_haystack, kv_tracking, needles
@@ -27,8 +26,8 @@ from lcdata.tasks.programmatic import hotpot_haystack, kv_tracking, needles
 @pytest.fixture(scope="module")
 def ctx_and_docs(tok):
     src = SourceConfig(name="sh", kind="shakespeare", include=["tragedies/othello.md"])
-    stage = ReadStage(ReadConfig())
-    docs = [d for sh in plan_source(src) for d in read_shard(sh, src, stage)]
+    stage = ReadStage(ReadConfig(), src)
+    docs = [d for sh in plan_source(src) for d in stage.run(sh.units)]
     ctxs = list(Assembler(AssembleConfig(buckets=[4096]), tok, "concat", 0).run(docs))
     return ctxs, {d.id: d for d in docs}
 

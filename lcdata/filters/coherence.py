@@ -23,7 +23,7 @@ import numpy as np
 from lcdata.config import CoherenceFilter
 from lcdata.engine import INIT_LOCK
 from lcdata.schema import Context
-from lcdata.stage import Filter
+from lcdata.stage import KEEP, Filter, Verdict, reject
 
 SLICE_CHARS = 1000
 
@@ -149,17 +149,17 @@ class CoherenceStage(Filter[Context]):
         self.scorer: LossScorer | None = shared(f"lm:{model_dir}", lambda: LossScorer(model_dir)) \
             if cfg.dependency else None
 
-    def keep(self, ctx: Context) -> tuple[bool, str, str]:
+    def keep(self, ctx: Context) -> Verdict:
         sim = adjacent_similarity(ctx, self.emb, self.cfg.chunks)
         if sim < self.cfg.min_similarity:
-            return False, "low_coherence", (f"adjacent-part similarity {sim:.3f} < filters.coherence.min_similarity "
+            return reject("low_coherence", f"adjacent-part similarity {sim:.3f} < filters.coherence.min_similarity "
                                             f"{self.cfg.min_similarity}")
         if self.scorer is not None:
             dep = dependency_score(self.tok.encode(ctx.text), self.scorer, self.cfg.segment_tokens,
                                    self.cfg.prefix_tokens)
             if dep is None:
-                self.stats.notes["dependency_not_scored_short"] += 1
+                self.note("dependency_not_scored_short")
             elif dep < self.cfg.min_dependency:
-                return False, "low_dependency", (f"long-dependency score {dep:.3f} nats/token < "
+                return reject("low_dependency", f"long-dependency score {dep:.3f} nats/token < "
                                                  f"filters.coherence.min_dependency {self.cfg.min_dependency}")
-        return True, "", ""
+        return KEEP

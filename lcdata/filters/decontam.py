@@ -25,7 +25,7 @@ from lcdata.config import DecontamFilter
 from lcdata.engine import INIT_LOCK
 from lcdata.read.corpora import eval_data_dir
 from lcdata.schema import PURPOSE_TRAIN, Sample
-from lcdata.stage import Filter
+from lcdata.stage import KEEP, Filter, Verdict, reject
 
 _WORD = re.compile(r"\w+")
 INDEX_VERSION = "3"
@@ -158,10 +158,10 @@ class DecontamStage(Filter[Sample]):
         super().__init__()
         self.index = eval_index(cfg)
 
-    def keep(self, s: Sample) -> tuple[bool, str, str]:
+    def keep(self, s: Sample) -> Verdict:
         if s.purpose != PURPOSE_TRAIN:
-            return True, "", ""  # evaluation samples are the registered texts themselves
+            return KEEP  # evaluation samples are the registered texts themselves
         n = sum(self.index.matches(m["content"]) for m in s.messages)
         if n == 0:
-            return True, "", ""
-        return False, "contaminated", f"{n} word {self.index.n}-grams shared with the evaluation texts"
+            return KEEP
+        return reject("contaminated", f"{n} word {self.index.n}-grams shared with the evaluation texts")

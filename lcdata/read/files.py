@@ -1,22 +1,24 @@
-"""Generic readers: text/markdown/reST directories, JSONL, Parquet, Arrow, local HF datasets,
-code repositories. Each reader yields ``Document``s for one *unit* (one file, or one
-dataset directory) and reports every record it cannot use through ``stage.drop``, naming
-the file (and line or row) and the fix."""
+"""Generic sources: text/markdown/reST directories, code repositories, JSONL, Parquet, Arrow,
+local HF datasets. Each reads one *unit* (one file, or one dataset directory) and yields a
+``Drop`` for every record it cannot use, naming the file (and line or row) and the fix."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from lcdata.config import ReadConfig, SourceConfig
+from lcdata.read.base import Candidate, Drop, Source, SourceItem, Unit, single_unit, top_group, walk
 from lcdata.schema import Document
-from lcdata.stage import Stage
+from lcdata.stage import Planned
+
+if TYPE_CHECKING:
+    from lcdata.config import SourceConfig
 
 TEXT_EXTENSIONS = [".txt", ".md", ".markdown", ".rst", ".rst.txt", ".text"]
 CODE_EXTENSIONS = [
@@ -25,113 +27,169 @@ CODE_EXTENSIONS = [
 ]
 
 
-class ReadStage(Stage[Any, Document]):
-    """Counts raw records seen (``in``), documents produced (``out``) and drops by reason."""
-
-    name = "read"
-
-    def __init__(self, read_cfg: ReadConfig) -> None:
-        super().__init__()
-        self.cfg = read_cfg
-
-    def check(self, doc: Document, where: str) -> Document | None:
-        """The checks every reader shares: empty and oversize documents."""
-        n = len(doc.text)
-        if n > self.cfg.max_doc_chars:
-            self.drop(doc.id, "too_large",
-                      f"{where}: {n:,} chars exceeds `read.max_doc_chars`={self.cfg.max_doc_chars:,}; "
-                      "raise it or split the document", doc.text)
-            return None
-        if len(doc.text.strip()) < self.cfg.min_doc_chars:
-            self.drop(doc.id, "empty", f"{where}: empty or whitespace-only document; remove it or fill it", doc.text)
-            return None
-        self.stats.out += 1
-        return doc
-
-
-def decode_utf8(stage: ReadStage, data: bytes, where: str, record_id: str) -> str | None:
+def decode_utf8(data: bytes, where: str, record_id: str) -> str | Drop:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        stage.drop(record_id, "bad_utf8",
-                   f"{where}: invalid UTF-8 at byte {e.start} ({data[e.start:e.start + 4]!r}); "
-                   "re-encode the file as UTF-8", data[: max(0, e.start) + 64].decode("utf-8", "replace"))
-        return None
+        return Drop(record_id, "bad_utf8",
+                    f"{where}: invalid UTF-8 at byte {e.start} ({data[e.start:e.start + 4]!r}); "
+                    "re-encode the file as UTF-8", data[: max(0, e.start) + 64].decode("utf-8", "replace"))
 
 
-def read_text_file(stage: ReadStage, src: SourceConfig, path: Path, rel: str, meta: dict[str, Any]) -> Iterator[Document]:
-    stage.stats.in_ += 1
-    doc_id = f"{src.name}/{rel}"
-    text = decode_utf8(stage, path.read_bytes(), str(path), doc_id)
+# ----------------------------------------------------------------- file trees
+class FileTree(Source):
+    """A directory of text files, one document per file, grouped by ``group_of``."""
+
+    suffixes: ClassVar[list[str]] = TEXT_EXTENSIONS
+
+    @classmethod
+    def extensions(cls, cfg: SourceConfig) -> list[str]:
+        return cfg.extensions or cls.suffixes
+
+    @classmethod
+    def group_of(cls, rel: str) -> str:
+        return str(PurePosixPath(rel).parent)
+
+    @classmethod
+    def skip(cls, rel: str) -> bool:
+        return False
+
+    @classmethod
+    def sort_key(cls, rel: str) -> Any:
+        return rel
+
+    @classmethod
+    def units(cls, cfg: SourceConfig) -> list[Unit]:
+        root = cls.directory(cfg)
+        rels = sorted(walk(root, cls.extensions(cfg), cfg, cls.skip), key=cls.sort_key)
+        return [Unit(str(root / r), r, cls.group_of(r)) for r in rels]
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        yield Planned()
+        path = Path(unit.path)
+        doc_id = f"{cfg.name}/{unit.rel}"
+        text = decode_utf8(path.read_bytes(), str(path), doc_id)
+        if isinstance(text, Drop):
+            yield text
+            return
+        meta = {"path": unit.rel, "group": unit.group, "order": unit.order}
+        yield Candidate(Document(doc_id, cfg.name, text, meta), str(path))
+
+
+class TextDir(FileTree):
+    kind = "text_dir"
+    needs_path = True
+    description = "text files (" + " ".join(TEXT_EXTENSIONS) + ")"
+
+
+def code_sort_key(rel: str) -> tuple[Any, ...]:
+    """Directory by directory, ``__init__.py`` first in each."""
+    p = PurePosixPath(rel)
+    return (p.parent.parts, 0 if p.name == "__init__.py" else 1, p.name)
+
+
+class CodeRepo(FileTree):
+    kind = "code_repo"
+    needs_path = True
+    default_strategy = "concat"
+    description = "source files of a code repository"
+    suffixes = CODE_EXTENSIONS
+
+    @classmethod
+    def group_of(cls, rel: str) -> str:
+        return top_group(rel)
+
+    @classmethod
+    def sort_key(cls, rel: str) -> Any:
+        return code_sort_key(rel)
+
+
+# ----------------------------------------------------------------- records
+def record_item(cfg: SourceConfig, rec: dict[str, Any], where: str, fallback_id: str) -> Candidate | Drop:
+    text = rec.get(cfg.text_field)
+    rid = f"{cfg.name}/{rec[cfg.id_field]}" if cfg.id_field and cfg.id_field in rec else fallback_id
     if text is None:
-        return
-    doc = stage.check(Document(doc_id, src.name, text, {"path": rel, **meta}), str(path))
-    if doc is not None:
-        yield doc
-
-
-def _record_doc(stage: ReadStage, src: SourceConfig, rec: dict[str, Any], where: str, fallback_id: str) -> Document | None:
-    text = rec.get(src.text_field)
-    rid = f"{src.name}/{rec[src.id_field]}" if src.id_field and src.id_field in rec else fallback_id
-    if text is None:
-        stage.drop(rid, "missing_field",
-                   f"{where}: no field `{src.text_field}` (fields: {', '.join(sorted(rec)) or 'none'}); "
-                   "set `text_field` in the source config", rec)
-        return None
+        return Drop(rid, "missing_field",
+                    f"{where}: no field `{cfg.text_field}` (fields: {', '.join(sorted(rec)) or 'none'}); "
+                    "set `text_field` in the source config", rec)
     if not isinstance(text, str):
-        stage.drop(rid, "bad_type", f"{where}: field `{src.text_field}` is {type(text).__name__}, expected a string", rec)
-        return None
-    meta = {k: v for k, v in rec.items() if k != src.text_field and isinstance(v, str | int | float | bool)}
-    if src.group_field and src.group_field in rec:
-        meta["group"] = str(rec[src.group_field])
-    return stage.check(Document(rid, src.name, text, meta), where)
+        return Drop(rid, "bad_type", f"{where}: field `{cfg.text_field}` is {type(text).__name__}, expected a string", rec)
+    meta = {k: v for k, v in rec.items() if k != cfg.text_field and isinstance(v, str | int | float | bool)}
+    if cfg.group_field and cfg.group_field in rec:
+        meta["group"] = str(rec[cfg.group_field])
+    return Candidate(Document(rid, cfg.name, text, meta), where)
 
 
-def read_jsonl(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Iterator[Document]:
-    with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.strip():
-                continue  # blank lines are not records
-            stage.stats.in_ += 1
-            where = f"{path}:{lineno}"
-            rid = f"{src.name}/{rel}:{lineno}"
-            line = decode_utf8(stage, raw, where, rid)
-            if line is None:
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                stage.drop(rid, "bad_json", f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line", line)
-                continue
-            if not isinstance(rec, dict):
-                stage.drop(rid, "bad_json", f"{where}: expected a JSON object, got {type(rec).__name__}", line)
-                continue
-            doc = _record_doc(stage, src, rec, where, rid)
-            if doc is not None:
-                yield doc
+class RecordFiles(Source):
+    """One record file, or a directory of them (every file with one of ``suffixes``)."""
+
+    needs_path = True
+    suffixes: ClassVar[list[str]] = []
+
+    @classmethod
+    def units(cls, cfg: SourceConfig) -> list[Unit]:
+        root = cls.existing_root(cfg)
+        if root.is_file():
+            return single_unit(root)
+        return [Unit(str(root / r), r, r) for r in walk(root, cls.suffixes, cfg)]
 
 
-def _read_table_batches(stage: ReadStage, src: SourceConfig, path: Path, rel: str,
-                        schema: pa.Schema, batches: Iterator[pa.RecordBatch]) -> Iterator[Document]:
-    if src.text_field not in schema.names:
-        stage.stats.in_ += 1
-        stage.drop(f"{src.name}/{rel}", "missing_column",
-                   f"{path}: no column `{src.text_field}` (columns: {', '.join(schema.names)}); "
+class Jsonl(RecordFiles):
+    kind = "jsonl"
+    description = "JSON Lines records"
+    suffixes = [".jsonl", ".json"]
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        path = Path(unit.path)
+        with open(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue  # blank lines are not records
+                yield Planned()
+                yield cls.line_item(cfg, raw, f"{path}:{lineno}", f"{cfg.name}/{unit.rel}:{lineno}")
+
+    @classmethod
+    def line_item(cls, cfg: SourceConfig, raw: bytes, where: str, rid: str) -> Candidate | Drop:
+        line = decode_utf8(raw, where, rid)
+        if isinstance(line, Drop):
+            return line
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            return Drop(rid, "bad_json", f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line", line)
+        if not isinstance(rec, dict):
+            return Drop(rid, "bad_json", f"{where}: expected a JSON object, got {type(rec).__name__}", line)
+        return record_item(cfg, rec, where, rid)
+
+
+def table_items(cfg: SourceConfig, path: Path, rel: str, schema: pa.Schema,
+                batches: Iterator[pa.RecordBatch]) -> Iterator[SourceItem]:
+    """One item per row; a table without the text column is one dropped record."""
+    if cfg.text_field not in schema.names:
+        yield Planned()
+        yield Drop(f"{cfg.name}/{rel}", "missing_column",
+                   f"{path}: no column `{cfg.text_field}` (columns: {', '.join(schema.names)}); "
                    "set `text_field` in the source config", str(path))
         return
     row = 0
     for batch in batches:
         for rec in batch.to_pylist():
-            stage.stats.in_ += 1
-            doc = _record_doc(stage, src, rec, f"{path} row {row}", f"{src.name}/{rel}:{row}")
+            yield Planned()
+            yield record_item(cfg, rec, f"{path} row {row}", f"{cfg.name}/{rel}:{row}")
             row += 1
-            if doc is not None:
-                yield doc
 
 
-def read_parquet(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Iterator[Document]:
-    pf = pq.ParquetFile(path)
-    yield from _read_table_batches(stage, src, path, rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
+class Parquet(RecordFiles):
+    kind = "parquet"
+    description = "Parquet records"
+    suffixes = [".parquet"]
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        pf = pq.ParquetFile(unit.path)
+        yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
 
 
 def open_arrow(path: Path) -> pa.Table:
@@ -144,21 +202,39 @@ def open_arrow(path: Path) -> pa.Table:
         return ipc.open_stream(source).read_all()
 
 
-def read_arrow(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Iterator[Document]:
-    table = open_arrow(path)
-    yield from _read_table_batches(stage, src, path, rel, table.schema, iter(table.to_batches(max_chunksize=256)))
+class Arrow(RecordFiles):
+    kind = "arrow"
+    description = "Arrow IPC records"
+    suffixes = [".arrow", ".feather", ".ipc"]
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        table = open_arrow(Path(unit.path))
+        yield from table_items(cfg, Path(unit.path), unit.rel, table.schema, iter(table.to_batches(max_chunksize=256)))
 
 
-def read_hf_dataset(stage: ReadStage, src: SourceConfig, path: Path, rel: str) -> Iterator[Document]:
+class HFDataset(Source):
     """A dataset saved with ``save_to_disk`` or a local dataset directory/file ``load_dataset`` reads."""
-    import datasets
 
-    if (path / "dataset_info.json").exists() or (path / "state.json").exists():
-        ds = datasets.load_from_disk(str(path))
-    else:
-        ds = datasets.load_dataset(str(path), split="train")
-    if isinstance(ds, datasets.DatasetDict):
-        ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
-    schema = ds.features.arrow_schema
-    batches = (b for t in ds.with_format("arrow").iter(batch_size=256) for b in t.to_batches())
-    yield from _read_table_batches(stage, src, path, rel, schema, batches)
+    kind = "hf_dataset"
+    needs_path = True
+    description = "a local Hugging Face dataset"
+
+    @classmethod
+    def units(cls, cfg: SourceConfig) -> list[Unit]:
+        return single_unit(cls.existing_root(cfg))
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        import datasets
+
+        path = Path(unit.path)
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            ds = datasets.load_dataset(str(path), split="train")
+        if isinstance(ds, datasets.DatasetDict):
+            ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
+        schema = ds.features.arrow_schema
+        batches = (b for t in ds.with_format("arrow").iter(batch_size=256) for b in t.to_batches())
+        yield from table_items(cfg, path, unit.rel, schema, batches)

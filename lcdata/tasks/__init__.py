@@ -1,5 +1,6 @@
-"""Tasks turn Contexts into Samples: programmatic long-range tasks here; LLM synthesis plugs
-in beside them with the same Stage interface."""
+"""Tasks turn Contexts into Samples. Every task kind is one class registered in ``TASKS``
+(``lcdata.tasks.base.Task``): programmatic tasks (``programmatic.py``) run together in the
+``tasks`` stage; each LLM task (``synth.py``, ``lift.py``) is a stage of its own."""
 
 from __future__ import annotations
 
@@ -7,34 +8,34 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from lcdata.schema import Context, Sample
-from lcdata.stage import Stage
-from lcdata.tasks.lift import LiftStage, ShortQAStage
-from lcdata.tasks.programmatic import run_tasks
-from lcdata.tasks.synth import CompareStage, LLMStage, MultihopStage, SummaryStage
+from lcdata.stage import Producer
+from lcdata.tasks import lift, programmatic, synth  # noqa: F401 - defining the classes registers them
+from lcdata.tasks.base import TASKS, ProgrammaticTask
 from lcdata.tokenize import ChatTokenizer
 
-# LLM task kind -> its stage (each needs the engine; lineage under ``synthesize.<kind>``)
-LLM_STAGES: dict[str, type[LLMStage]] = {
-    "multihop": MultihopStage, "compare": CompareStage, "summary": SummaryStage,
-    "lift": LiftStage, "short_qa": ShortQAStage,
-}
+
+def llm_task_kinds() -> list[str]:
+    return [k for k, t in TASKS.items() if t.uses_engine]
 
 
-class TaskStage(Stage[Context, Sample]):
-    """``in`` contexts, ``out`` samples made (train and eval), drops by reason."""
+class ProgrammaticTasks(Producer[Context, Sample]):
+    """Every configured programmatic task on each context, in config order: ``in`` contexts,
+    ``out`` samples made (train and eval)."""
 
     name = "tasks"
+    counts_inputs = True  # in: contexts
 
     def __init__(self, task_cfgs: list[Any], tok: ChatTokenizer, seed: int, short_max_tokens: int) -> None:
         super().__init__()
-        self.task_cfgs = task_cfgs
-        self.tok = tok
-        self.seed = seed
-        self.short_max = short_max_tokens
+        self.tasks: list[ProgrammaticTask] = []
+        made: dict[str, int] = {}
+        for cfg in task_cfgs:
+            cls = TASKS[cfg.kind]
+            if issubclass(cls, ProgrammaticTask):
+                self.tasks.append(cls(cfg, tok, seed, short_max_tokens, first_index=made.get(cfg.kind, 0)))
+                made[cfg.kind] = made.get(cfg.kind, 0) + cfg.per_context
 
-    def run(self, records: Iterable[Context]) -> Iterator[Sample]:
+    def produce(self, records: Iterable[Context]) -> Iterator[Sample]:
         for ctx in records:
-            self.stats.in_ += 1
-            for s in run_tasks(self.task_cfgs, ctx, self.seed, self.tok, self.short_max):
-                self.stats.out += 1
-                yield s
+            for t in self.tasks:
+                yield from t.plan(ctx)

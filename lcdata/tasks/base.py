@@ -1,13 +1,67 @@
-"""Shared machinery of the programmatic tasks: inserting facts into a real context at
-controlled depths while keeping exact provenance, and building Sample records."""
+"""The task registry and the shared machinery of tasks: inserting facts into a real context
+at controlled depths while keeping exact provenance, and building Sample records.
+
+A task kind is one class with ``kind``, ``Config`` (its pydantic model in ``lcdata.config``)
+and ``plan(ctx)``, which yields Samples (programmatic tasks) or engine Jobs (LLM tasks,
+``lcdata.tasks.synth.LLMStage``). Defining the class registers it in ``TASKS``.
+"""
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
-from lcdata.schema import PURPOSE_TRAIN, SPLIT_LONG, SPLIT_SHORT, Context, Evidence, Part, Sample
+from pydantic import BaseModel
+
+from lcdata.schema import (
+    PURPOSE_TRAIN,
+    SPLIT_LONG,
+    SPLIT_SHORT,
+    Context,
+    Evidence,
+    Part,
+    Sample,
+    sample_id,
+)
+
+TASKS: dict[str, type[Task]] = {}
+
+
+class Task:
+    """A task kind. Subclasses that set ``kind`` register themselves in ``TASKS``."""
+
+    kind: ClassVar[str]
+    Config: ClassVar[type[BaseModel]]  # the task's entry in the build config's `tasks`
+    uses_engine: ClassVar[bool] = False
+    # data it uses beyond the sources, for the dataset card: (what, licence)
+    data: ClassVar[tuple[str, str] | None] = None
+
+    def __init_subclass__(cls, **kw: Any) -> None:
+        super().__init_subclass__(**kw)
+        if "kind" in cls.__dict__:
+            if cls.kind in TASKS:
+                raise ValueError(f"task kind `{cls.kind}` is defined twice: {TASKS[cls.kind]} and {cls}")
+            TASKS[cls.kind] = cls
+
+
+class ProgrammaticTask(Task):
+    """A task that makes its samples without the engine: ``per_context`` samples per context,
+    each from its own seeded RNG (``make``)."""
+
+    def __init__(self, cfg: Any, tok: Any, seed: int, short_max_tokens: int, first_index: int = 0) -> None:
+        # first_index: a kind listed twice in the config keeps counting, so ids stay unique
+        self.cfg, self.tok, self.seed, self.short_max, self.first = cfg, tok, seed, short_max_tokens, first_index
+
+    def plan(self, ctx: Context) -> Iterator[Sample]:
+        for j in range(self.cfg.per_context):
+            i = self.first + j
+            yield self.make(ctx, i, random.Random(f"{self.seed}:{self.kind}:{ctx.id}:{i}"))
+
+    def make(self, ctx: Context, index: int, rng: random.Random) -> Sample:  # pragma: no cover - abstract
+        raise NotImplementedError
+
 
 DOC_OPEN = "Read the document below, then answer the question after it.\n\n<document>\n"
 DOC_CLOSE = "\n</document>\n\n"
@@ -103,9 +157,25 @@ def slice_parts(parts: list[Part], a: int, b: int) -> list[Part]:
     return clip_parts(parts, a, b, rebase=True)
 
 
-def make_evidence(tok: Any, text: str, evidence: list[Inserted] | list[tuple[str, int, int]]) -> tuple[int, list[Evidence]]:
+class SpanLike(Protocol):
+    """A located piece of text: ``text == context[start:end]`` (``Span``, ``Inserted``,
+    ``synth.Located``)."""
+
+    text: str
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Span:
+    text: str
+    start: int
+    end: int
+
+
+def make_evidence(tok: Any, text: str, evidence: Sequence[SpanLike]) -> tuple[int, list[Evidence]]:
     """Evidence records with char and token offsets and depth; and the token count of ``text``."""
-    spans = [(e.text, e.start, e.end) if isinstance(e, Inserted) else e for e in evidence]
+    spans = [(e.text, e.start, e.end) for e in evidence]
     for t, s, end in spans:
         assert text[s:end] == t, "evidence offsets must point at the evidence text"
     n_tokens, tspans = tok.token_spans(text, [(s, end) for _, s, end in spans])
@@ -116,7 +186,7 @@ def make_evidence(tok: Any, text: str, evidence: list[Inserted] | list[tuple[str
 
 def make_sample(
     *, task: str, index: int | str, ctx: Context, text: str, parts: list[Part], question: str, answer: str,
-    evidence: list[Inserted] | list[tuple[str, int, int]], tok: Any, short_max_tokens: int,
+    evidence: Sequence[SpanLike], tok: Any, short_max_tokens: int,
     purpose: str = PURPOSE_TRAIN, meta: dict[str, Any] | None = None, with_context: bool = True,
 ) -> Sample:
     """A question over ``text`` (the context, possibly with inserted facts) and its answer.
@@ -132,9 +202,11 @@ def make_sample(
     user = DOC_OPEN + text + DOC_CLOSE + question if with_context else question
     prompt_tokens = n_tokens if with_context else tok.count([user])[0]
     return Sample(
-        id=f"{task}:{ctx.id}:{index}",
+        id=sample_id(task, ctx.id, index),
         task=task,
         messages=[{"role": "user", "content": user}, {"role": "assistant", "content": answer}],
+        question=question,
+        answer=answer,
         split=SPLIT_SHORT if prompt_tokens <= short_max_tokens else SPLIT_LONG,
         purpose=purpose,
         context_id=ctx.id,

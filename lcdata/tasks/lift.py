@@ -23,13 +23,18 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from lcdata.schema import Context, Sample
-from lcdata.tasks.base import clip_parts, line_start_near, make_sample, slice_parts
+from lcdata.config import LiftTask, ShortQATask
+from lcdata.schema import Context, Sample, sample_id
+from lcdata.stage import Planned
+from lcdata.tasks.base import Span, clip_parts, line_start_near, make_sample, slice_parts
 from lcdata.tasks.synth import (
     Job,
     LLMStage,
+    Located,
+    Passages,
     bad_qa,
     label_lines,
     qa_item_schema,
@@ -83,31 +88,33 @@ def doc_name(ctx: Context) -> str:
 
 
 class _QAStage(LLMStage):
-    def usable_qa(self, obj: dict[str, Any], n: int, uid: str, units: int, text: str, span: tuple[int, int],
-                  labels: Any, where: str, record: dict[str, Any]) -> Iterator[tuple[int, str, str, list[Any]]]:
-        """The usable ones of the ``n`` QA pairs asked for, as (index, question, answer, located
-        evidence); each other one drops its ``units`` planned samples with a reason."""
+    def usable_qa(self, obj: dict[str, Any], planned: list[list[str]], text: str, span: tuple[int, int],
+                  labels: Any, where: str, record: dict[str, Any]) -> Iterator[tuple[int, str, str, list[Located]]]:
+        """The usable ones of the QA pairs asked for (``planned[q]``: the sample ids pair ``q``
+        makes), as (index, question, answer, located evidence); each other one drops its
+        planned samples with a reason."""
         qa = [x for x in obj["qa"] if isinstance(x, dict)]
-        for q in range(n):
-            quid = f"{uid}{q}"  # the caller's prefix ends with its separator
+        n = len(planned)
+        for q, ids in enumerate(planned):
             if q >= len(qa):
-                self.drop_units(quid, units, "missing_qa", f"the model wrote {len(qa)} of {n} QA pairs", {"output": obj})
+                self.drop_all(ids, "missing_qa", f"the model wrote {len(qa)} of {n} QA pairs", {"output": obj})
                 continue
             why = bad_qa(qa[q])
             if why:
-                self.drop_units(quid, units, "empty_output" if "empty" in why else "degenerate_output", why,
-                                {"output": qa[q]})
+                self.drop_all(ids, "empty_output" if "empty" in why else "degenerate_output", why, {"output": qa[q]})
                 continue
             found = resolve_evidence(text, [span], labels, qa[q].get("evidence", []))
             if not found:
-                self.drop_units(quid, units, "evidence_not_found", f"no cited line could be located in the {where}",
-                                {"output": qa[q], **record})
+                self.drop_all(ids, "evidence_not_found", f"no cited line could be located in the {where}",
+                              {"output": qa[q], **record})
                 continue
             yield q, str(qa[q]["question"]).strip(), str(qa[q]["answer"]).strip(), found
 
 
 class LiftStage(_QAStage):
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+    kind, Config = "lift", LiftTask
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         cfg = self.cfg
         segs = segments(self.tok.offsets(ctx.text), ctx.text, cfg.segment_tokens, cfg.stride_tokens)
         name = doc_name(ctx)
@@ -120,7 +127,7 @@ class LiftStage(_QAStage):
                           f'Continue the document "{name}" from this excerpt:\n\n{ctx.text[a:new]}')
                 yield make_sample(
                     task="lift_memorize", index=k, ctx=ctx, text=ctx.text, parts=clip_parts(ctx.parts, a, b),
-                    question=prompt, answer=target, evidence=[(target, new, b)], tok=self.tok,
+                    question=prompt, answer=target, evidence=[Span(target, new, b)], tok=self.tok,
                     short_max_tokens=self.short_max, with_context=False,
                     meta={"lift_input": ctx.id, "segment": [a, new, b], "segment_index": k},
                 )
@@ -137,19 +144,21 @@ class LiftStage(_QAStage):
             passages, labels = label_lines(ctx.text, [(a, b)])
             prompt = tpl.format(source=f"{ctx.source}: {name}", passages=passages.split("\n", 1)[1],
                                 k=cfg.qa_per_segment)
-            yield Job(f"lift_qa:{ctx.id}:{k}", self.user(prompt), QA_VERSION, qa_schema(cfg.qa_per_segment),
-                      cfg.max_tokens, self._handle, units=cfg.qa_per_segment * variants,
-                      data={"ctx": ctx, "k": k, "seg": (a, b), "labels": labels})
+            yield Job([i for q in self.planned(ctx, k) for i in q], self.user(prompt), QA_VERSION,
+                      qa_schema(cfg.qa_per_segment), cfg.max_tokens, self._handle, Passages(ctx, k, [(a, b)], labels))
 
-    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
-        cfg, ctx, k, (a, b) = self.cfg, j.data["ctx"], j.data["k"], j.data["seg"]
-        variants = int(cfg.closed_book) + int(cfg.contextualized)
+    def planned(self, ctx: Context, k: int) -> list[list[str]]:
+        """Per QA pair of segment ``k``: the samples it makes (closed-book and/or with the context)."""
+        tasks = ["lift_qa"] * self.cfg.closed_book + ["lift_qa_ctx"] * self.cfg.contextualized
+        return [[sample_id(t, ctx.id, f"{k}.{q}") for t in tasks] for q in range(self.cfg.qa_per_segment)]
+
+    def _handle(self, j: Job[Passages], obj: dict[str, Any]) -> Iterator[Sample]:
+        cfg, ctx, k, (a, b) = self.cfg, j.data.ctx, j.data.index, j.data.chunks[0]
         for q, question, answer, found in self.usable_qa(
-                obj, cfg.qa_per_segment, f"lift_qa:{ctx.id}:{k}.", variants, ctx.text, (a, b), j.data["labels"],
-                "segment", {"segment": [a, b]}):
-            ev = [(f[0], f[1], f[2]) for f in found]
+                obj, self.planned(ctx, k), ctx.text, (a, b), j.data.labels, "segment", {"segment": [a, b]}):
+            ev = found
             meta = self.meta(QA_VERSION, lift_input=ctx.id, segment=[a, b], segment_index=k,
-                             grounding=[f[4] for f in found])
+                             grounding=[f.method for f in found])
             if cfg.closed_book:
                 yield make_sample(
                     task="lift_qa", index=f"{k}.{q}", ctx=ctx, text=ctx.text, parts=clip_parts(ctx.parts, a, b),
@@ -185,7 +194,9 @@ def window_from(text: str, tok: Any, a: int, chars: int, max_tokens: int) -> tup
 
 
 class ShortQAStage(_QAStage):
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+    kind, Config = "short_qa", ShortQATask
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         cfg = self.cfg
         rng = random.Random(f"{self.seed}:short_qa:{ctx.id}")
         deciles = sorted(rng.sample(range(10), min(10, cfg.per_context)))
@@ -193,11 +204,11 @@ class ShortQAStage(_QAStage):
         seen = set()
         for i, d in enumerate(deciles):
             w = window(ctx, self.tok, (d + rng.random()) / 10, cfg.window_tokens)
-            uid = f"short_qa:{ctx.id}@{i}"
             if w is None or w in seen or not ctx.text[w[0]:w[1]].strip():
-                self.stats.in_ += cfg.qa_per_window
-                self.drop_units(uid, cfg.qa_per_window, "no_room", f"{ctx.id}: no distinct window of <= "
-                                f"{cfg.window_tokens} tokens at depth {d / 10:.1f}", {"context": ctx.id})
+                yield Planned(cfg.qa_per_window)
+                # no window, so no sample id: these ids name the window slot instead
+                self.drop_all(self.planned(f"{ctx.id}@slot{i}"), "no_room", f"{ctx.id}: no distinct window of <= "
+                              f"{cfg.window_tokens} tokens at depth {d / 10:.1f}", {"context": ctx.id})
                 continue
             seen.add(w)
             a, b = w
@@ -206,17 +217,26 @@ class ShortQAStage(_QAStage):
             passages, labels = label_lines(sub.text, [(0, len(sub.text))])
             prompt = tpl.format(source=f"{ctx.source}: {doc_name(ctx)}", passages=passages.split("\n", 1)[1],
                                 k=cfg.qa_per_window)
-            yield Job(uid, self.user(prompt), QA_VERSION, qa_schema(cfg.qa_per_window), cfg.max_tokens,
-                      self._handle, units=cfg.qa_per_window,
-                      data={"ctx": sub, "parent": ctx.id, "window": [a, b], "labels": labels})
+            yield Job(self.planned(sub.id), self.user(prompt), QA_VERSION, qa_schema(cfg.qa_per_window),
+                      cfg.max_tokens, self._handle, Window(sub, i, [(0, len(sub.text))], labels, ctx.id, (a, b)))
 
-    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
-        sub = j.data["ctx"]
+    def planned(self, window_id: str) -> list[str]:
+        return [sample_id("short_qa", window_id, q) for q in range(self.cfg.qa_per_window)]
+
+    def _handle(self, j: Job[Window], obj: dict[str, Any]) -> Iterator[Sample]:
+        sub = j.data.ctx
         for q, question, answer, found in self.usable_qa(
-                obj, self.cfg.qa_per_window, f"short_qa:{sub.id}:", 1, sub.text, (0, len(sub.text)),
-                j.data["labels"], "window", {}):
+                obj, [[i] for i in j.sample_ids], sub.text, (0, len(sub.text)), j.data.labels, "window", {}):
             yield make_sample(
                 task="short_qa", index=q, ctx=sub, text=sub.text, parts=sub.parts, question=question, answer=answer,
-                evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok, short_max_tokens=self.short_max,
-                meta=self.meta(QA_VERSION, parent_context=j.data["parent"], window=j.data["window"],
-                               grounding=[f[4] for f in found]))
+                evidence=found, tok=self.tok, short_max_tokens=self.short_max,
+                meta=self.meta(QA_VERSION, parent_context=j.data.parent, window=list(j.data.window),
+                               grounding=[f.method for f in found]))
+
+
+@dataclass
+class Window(Passages):
+    """A short_qa job: a window of a context, made a context of its own (``ctx``)."""
+
+    parent: str = ""
+    window: tuple[int, int] = (0, 0)

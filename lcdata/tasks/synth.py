@@ -25,13 +25,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
+from lcdata.config import CompareTask, MultihopTask, SummaryTask
 from lcdata.engine import Engine, Request
 from lcdata.grounding import ground
-from lcdata.schema import PURPOSE_TRAIN, Context, Sample
-from lcdata.stage import Stage
-from lcdata.tasks.base import line_start_near, make_sample
+from lcdata.schema import PURPOSE_TRAIN, Context, Sample, sample_id
+from lcdata.stage import Planned, Producer
+from lcdata.tasks.base import Task, line_start_near, make_sample
 from lcdata.tokenize import ChatTokenizer
 
 TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
@@ -116,42 +117,74 @@ def label_lines(text: str, chunks: list[tuple[int, int]]) -> tuple[str, Labels]:
     return "\n\n".join(blocks), labels
 
 
-def resolve_evidence(text: str, chunks: list[tuple[int, int]], labels: Labels, evidence: Iterable[Any]) -> list[tuple[str, int, int, int, str]]:
-    """Locate model-given evidence in ``text``: ``(text, start, end, chunk, method)`` sorted by
-    position, without duplicates. Labels map to their exact line; quotes are grounded inside the
-    chunks (exact, normalised, fuzzy); anything else is ignored."""
-    found: list[tuple[str, int, int, int, str]] = []
+@dataclass(frozen=True)
+class Located:
+    """Model-given evidence found in the context: ``text == context[start:end]``, in chunk
+    ``chunk`` of the prompt, found by ``method`` (label, exact, normalized, fuzzy)."""
+
+    text: str
+    start: int
+    end: int
+    chunk: int
+    method: str
+
+
+def resolve_evidence(text: str, chunks: list[tuple[int, int]], labels: Labels, evidence: Iterable[Any]) -> list[Located]:
+    """Locate model-given evidence in ``text``, sorted by position, without duplicates. Labels
+    map to their exact line; quotes are grounded inside the chunks (exact, normalised, fuzzy);
+    anything else is ignored."""
+    found: list[Located] = []
     for ev in evidence:
         m = _LABEL.match(str(ev).strip())
         hit = labels.get(f"P{int(m.group(1))}.{int(m.group(2))}") if m else None
         if hit is not None:
-            if all(f[1] != hit[0] for f in found):
-                found.append((text[hit[0]:hit[1]], hit[0], hit[1], hit[2], "label"))
+            if all(f.start != hit[0] for f in found):
+                found.append(Located(text[hit[0]:hit[1]], hit[0], hit[1], hit[2], "label"))
             continue
         if m and len(str(ev).strip()) <= 12:
             continue  # a label that does not exist: nothing to ground
         for k, (a, b) in enumerate(chunks):
             g = ground(str(ev), text, a, b)
-            if g is not None and all(f[1] != g.start for f in found):
-                found.append((text[g.start:g.end], g.start, g.end, k, g.method))
+            if g is not None and all(f.start != g.start for f in found):
+                found.append(Located(text[g.start:g.end], g.start, g.end, k, g.method))
                 break
-    return sorted(found, key=lambda f: f[1])
+    return sorted(found, key=lambda f: f.start)
+
+
+D = TypeVar("D")
 
 
 @dataclass
-class Job:
-    """One prompt to the engine and what to do with its parsed JSON."""
+class Job(Generic[D]):
+    """One prompt to the engine, what it was made from (``data``, a task's dataclass) and what
+    to do with its parsed JSON."""
 
-    uid: str  # id of the (first) sample it plans, for rejects
+    sample_ids: list[str]  # the samples it plans (counted in, dropped together if it fails)
     messages: list[dict[str, str]]
     template: str
     schema: dict[str, Any]
     max_tokens: int
-    handle: Callable[[Job, dict[str, Any]], Iterable[Sample | Job]]
-    units: int = 1  # planned samples that depend on this job (dropped together if it fails)
-    data: dict[str, Any] = field(default_factory=dict)
-    on_fail: Callable[[Job, str], None] | None = None
+    handle: Callable[[Job[D], dict[str, Any]], Iterable[Sample | Job[Any]]]
+    data: D
+    on_fail: Callable[[Job[D], str], None] | None = None  # default: drop every planned sample, bad_json
     attempt: int = 0
+
+
+@dataclass
+class Passages:
+    """What a job showed the model: labelled chunks of a context."""
+
+    ctx: Context
+    index: int
+    chunks: list[tuple[int, int]]
+    labels: Labels
+
+
+@dataclass
+class Sections(Passages):
+    """A compare job: two sections and the unique opening line that names each in the question."""
+
+    anchors: list[str] = field(default_factory=list)
 
 
 def bad_qa(qa: dict[str, Any]) -> str | None:
@@ -177,22 +210,24 @@ def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
     return obj
 
 
-class LLMStage(Stage[Context, Sample]):
-    """Base of the LLM tasks: subclasses implement ``plan(ctx)`` (samples and/or jobs)."""
+class LLMStage(Producer[Context, Sample], Task):
+    """Base of the LLM tasks: each is a stage of its own (lineage ``synthesize.<kind>``);
+    subclasses set ``kind`` and ``Config`` and implement ``plan(ctx)`` (samples and/or jobs)."""
 
-    kind = "llm"
+    uses_engine = True
+    PREFIX = "synthesize."  # lineage per task kind: synthesize.<kind>
 
     def __init__(self, cfg: Any, engine: Engine, tok: ChatTokenizer, seed: int, short_max_tokens: int) -> None:
         super().__init__()
-        self.name = f"synthesize.{cfg.kind}"  # lineage per task kind
+        self.name = self.PREFIX + cfg.kind
         self.cfg, self.engine, self.tok, self.seed, self.short_max = cfg, engine, tok, seed, short_max_tokens
 
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:  # pragma: no cover - abstract
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def drop_units(self, uid: str, units: int, reason: str, message: str, record: Any = "") -> None:
-        for u in range(units):
-            self.drop(uid if units == 1 else f"{uid}#{u}", reason, message, record)
+    def drop_all(self, sample_ids: list[str], reason: str, message: str, record: Any = "") -> None:
+        for sid in sample_ids:
+            self.drop(sid, reason, message, record)
 
     def selected(self, ctx: Context) -> bool:
         """Whether this task runs on ``ctx``: its source is listed and a seeded coin (stable
@@ -204,18 +239,21 @@ class LLMStage(Stage[Context, Sample]):
         h = hashlib.sha256(f"{self.seed}:{self.cfg.kind}:{ctx.id}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64 < self.cfg.context_fraction
 
-    def run(self, records: Iterable[Context]) -> Iterator[Sample]:
+    def produce(self, records: Iterable[Context]) -> Iterator[Sample | Planned]:
+        """``in`` counts planned samples: a Job's ``sample_ids``, a Sample made without the engine,
+        and ``Planned`` markers of samples dropped while planning; ``out`` the samples made."""
         pending: list[Job] = []
         for ctx in records:
             if not self.selected(ctx):
                 continue
             for item in self.plan(ctx):
                 if isinstance(item, Job):
-                    self.stats.in_ += item.units
+                    yield Planned(len(item.sample_ids))
                     pending.append(item)
+                elif isinstance(item, Planned):
+                    yield item
                 else:
-                    self.stats.in_ += 1
-                    self.stats.out += 1
+                    yield Planned()
                     yield item
         while pending:
             # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
@@ -231,14 +269,13 @@ class LLMStage(Stage[Context, Sample]):
                     elif j.on_fail is not None:
                         j.on_fail(j, text)
                     else:
-                        self.drop_units(j.uid, j.units, "bad_json", f"no valid JSON after {j.attempt + 1} attempts",
-                                        {"output": text[:2000]})
+                        self.drop_all(j.sample_ids, "bad_json", f"no valid JSON after {j.attempt + 1} attempts",
+                                      {"output": text[:2000]})
                     continue
                 for item in j.handle(j, obj):
                     if isinstance(item, Job):
-                        nxt.append(item)  # a follow-up: its units were counted by the job that made it
+                        nxt.append(item)  # a follow-up: its samples were counted by the job that made it
                     else:
-                        self.stats.out += 1
                         yield item
             pending = nxt
 
@@ -254,15 +291,17 @@ class MultihopStage(LLMStage):
     them, writes a question needing all of them and cites a line of each; the sample asks the
     question over the *whole* context."""
 
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+    kind, Config = "multihop", MultihopTask
+
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         tpl = template(TEMPLATE_VERSION)
         for i in range(self.cfg.per_context):
             rng = random.Random(f"{self.seed}:multihop:{ctx.id}:{i}")
             n = rng.randint(self.cfg.min_chunks, self.cfg.max_chunks)
             chunks = pick_chunks(ctx.text, n, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
-            uid = f"multihop:{ctx.id}:{i}"
+            uid = sample_id("multihop", ctx.id, i)
             if chunks is None:
-                self.stats.in_ += 1
+                yield Planned()
                 self.drop(uid, "no_room",
                           f"{ctx.id}: {len(ctx.text):,} chars cannot hold {n} chunks of {self.cfg.chunk_chars} "
                           f"chars {self.cfg.min_distance_frac:.0%} apart; lower tasks.multihop.chunk_chars or "
@@ -270,17 +309,17 @@ class MultihopStage(LLMStage):
                 continue
             passages, labels = label_lines(ctx.text, chunks)
             prompt = tpl.format(n=len(chunks), source=ctx.source, passages=passages)
-            yield Job(uid, self.user(prompt), TEMPLATE_VERSION, SCHEMA, self.cfg.max_tokens, self._handle,
-                      data={"ctx": ctx, "index": i, "chunks": chunks, "labels": labels})
+            yield Job([uid], self.user(prompt), TEMPLATE_VERSION, SCHEMA, self.cfg.max_tokens, self._handle,
+                      Passages(ctx, i, chunks, labels))
 
-    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
-        s = self.sample(j.data["ctx"], j.data["index"], j.data["chunks"], j.data["labels"], obj)
+    def _handle(self, j: Job[Passages], obj: dict[str, Any]) -> Iterator[Sample]:
+        s = self.sample(j.data, obj)
         if s is not None:
             yield s
 
-    def sample(self, ctx: Context, index: int, chunks: list[tuple[int, int]], labels: Labels,
-               obj: dict[str, Any]) -> Sample | None:
-        sid = f"multihop:{ctx.id}:{index}"
+    def sample(self, p: Passages, obj: dict[str, Any]) -> Sample | None:
+        ctx, index, chunks, labels = p.ctx, p.index, p.chunks, p.labels
+        sid = sample_id("multihop", ctx.id, index)
         text = ctx.text
         why = bad_qa(obj)
         if why:
@@ -291,15 +330,15 @@ class MultihopStage(LLMStage):
             self.drop(sid, "evidence_not_found", "no evidence sentence could be located in the chosen chunks",
                       {"output": obj, "chunks": chunks})
             return None
-        if len({f[3] for f in found}) < 2:
+        if len({f.chunk for f in found}) < 2:
             self.drop(sid, "evidence_single_chunk", "the located evidence comes from one chunk only: not multi-hop",
                       {"output": obj, "chunks": chunks})
             return None
         return make_sample(
             task="multihop", index=index, ctx=ctx, text=text, parts=ctx.parts,
             question=str(obj["question"]).strip(), answer=str(obj["answer"]).strip(),
-            evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok, short_max_tokens=self.short_max,
-            purpose=PURPOSE_TRAIN, meta=self.meta(TEMPLATE_VERSION, chunks=chunks, grounding=[f[4] for f in found]),
+            evidence=found, tok=self.tok, short_max_tokens=self.short_max,
+            purpose=PURPOSE_TRAIN, meta=self.meta(TEMPLATE_VERSION, chunks=chunks, grounding=[f.method for f in found]),
         )
 
 
@@ -320,56 +359,59 @@ class CompareStage(LLMStage):
     compares them and cites lines of both; the question quotes each section's opening so it
     can be answered from the whole context."""
 
+    kind, Config = "compare", CompareTask
+
     VERSION = "compare.v2"  # v2: topic + one field per passage (v1: one free comparison)
 
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         tpl = template(self.VERSION)
         for i in range(self.cfg.per_context):
             rng = random.Random(f"{self.seed}:compare:{ctx.id}:{i}")
-            uid = f"compare:{ctx.id}:{i}"
+            uid = sample_id("compare", ctx.id, i)
             chunks = pick_chunks(ctx.text, 2, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
             anchors = [anchor(ctx.text, a, b) for a, b in chunks] if chunks else []
             if chunks is None or None in anchors:
-                self.stats.in_ += 1
+                yield Planned()
                 reason = "no_room" if chunks is None else "ambiguous_anchor"
                 self.drop(uid, reason, f"{ctx.id}: no two sections {self.cfg.chunk_chars} chars long and "
                           f"{self.cfg.min_distance_frac:.0%} apart with a unique opening line; lower "
                           "tasks.compare.chunk_chars or min_distance_frac", {"context": ctx.id})
                 continue
             passages, labels = label_lines(ctx.text, chunks)
-            yield Job(uid, self.user(tpl.format(source=ctx.source, passages=passages)), self.VERSION,
+            yield Job([uid], self.user(tpl.format(source=ctx.source, passages=passages)), self.VERSION,
                       COMPARE_SCHEMA, self.cfg.max_tokens, self._handle,
-                      data={"ctx": ctx, "index": i, "chunks": chunks, "labels": labels, "anchors": anchors})
+                      Sections(ctx, i, chunks, labels, [a for a in anchors if a is not None]))
 
-    def _handle(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
-        ctx, chunks, anchors = j.data["ctx"], j.data["chunks"], j.data["anchors"]
+    def _handle(self, j: Job[Sections], obj: dict[str, Any]) -> Iterator[Sample]:
+        ctx, chunks, anchors = j.data.ctx, j.data.chunks, j.data.anchors
+        uid = j.sample_ids[0]
         topic = str(obj["topic"]).strip().rstrip(".?")
         # "Passage 1: ..." / "P1.3. ..." prefixes are the prompt's scaffolding: cut, not fatal
         said = [_LABEL_PREFIX.sub("", str(obj[k]), count=1).strip() for k in ("passage_1", "passage_2")]
         if not topic or min(len(x) for x in said) < MIN_OUTPUT_CHARS:
-            self.drop(j.uid, "empty_output", "empty topic or comparison", {"output": obj})
+            self.drop(uid, "empty_output", "empty topic or comparison", {"output": obj})
             return
         if said[0] == said[1] or any(_LABEL_IN_TEXT.search(x) for x in [topic, *said]):
             # labels or "passage 2" in the text cannot be read without the prompt's labelling
-            self.drop(j.uid, "degenerate_output", "both sides identical, or line labels in the text",
+            self.drop(uid, "degenerate_output", "both sides identical, or line labels in the text",
                       {"output": obj})
             return
-        found = resolve_evidence(ctx.text, chunks, j.data["labels"], obj["evidence"])
+        found = resolve_evidence(ctx.text, chunks, j.data.labels, obj["evidence"])
         if not found:
-            self.drop(j.uid, "evidence_not_found", "no cited line could be located", {"output": obj})
+            self.drop(uid, "evidence_not_found", "no cited line could be located", {"output": obj})
             return
-        if len({f[3] for f in found}) < 2:
-            self.drop(j.uid, "evidence_single_chunk", "the cited lines come from one section only",
+        if len({f.chunk for f in found}) < 2:
+            self.drop(uid, "evidence_single_chunk", "the cited lines come from one section only",
                       {"output": obj, "chunks": chunks})
             return
         question = (f'Compare the part of the document around "{anchors[0]}" with the part around '
                     f'"{anchors[1]}": what does each of them say about {topic}?')
         answer = f"The first part: {said[0]}\nThe second part: {said[1]}"
         yield make_sample(
-            task="compare", index=j.data["index"], ctx=ctx, text=ctx.text, parts=ctx.parts, question=question,
-            answer=answer, evidence=[(f[0], f[1], f[2]) for f in found], tok=self.tok,
+            task="compare", index=j.data.index, ctx=ctx, text=ctx.text, parts=ctx.parts, question=question,
+            answer=answer, evidence=found, tok=self.tok,
             short_max_tokens=self.short_max,
-            meta=self.meta(self.VERSION, chunks=chunks, topic=topic, grounding=[f[4] for f in found]),
+            meta=self.meta(self.VERSION, chunks=chunks, topic=topic, grounding=[f.method for f in found]),
         )
 
 
@@ -385,48 +427,65 @@ class SummaryStage(LLMStage):
     """Map-reduce global summary: every section summarized alone, then the section summaries
     combined. Works for contexts longer than the generator's own window."""
 
+    kind, Config = "summary", SummaryTask
+
     MAP, REDUCE = "summary_section.v1", "summary_global.v1"
     QUESTION = "Summarize the whole document in one paragraph."
 
-    def plan(self, ctx: Context) -> Iterator[Sample | Job]:
+    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         if self.cfg.per_context < 1:
             return
         secs = sections_of(ctx.text, self.cfg.sections, self.cfg.max_section_chars)
-        state = {"ctx": ctx, "sections": secs, "summaries": [None] * len(secs), "failed": False}
+        state = SummaryState(ctx, sample_id("summary", ctx.id, 0), secs, [None] * len(secs))
         tpl = template(self.MAP)
-        uid = f"summary:{ctx.id}:0"
         for i, (a, b) in enumerate(secs):
             prompt = tpl.format(i=i + 1, n=len(secs), source=ctx.source, section=ctx.text[a:b].strip())
             # the context's one planned sample is counted on its first section job only
-            yield Job(uid, self.user(prompt), self.MAP, SUMMARY_SCHEMA, self.cfg.max_tokens, self._section,
-                      units=1 if i == 0 else 0, data={"state": state, "i": i}, on_fail=self._failed)
+            yield Job([state.sample_id] if i == 0 else [], self.user(prompt), self.MAP, SUMMARY_SCHEMA,
+                      self.cfg.max_tokens, self._section, SectionOf(state, i), on_fail=self._failed)
 
-    def _failed(self, j: Job, text: str) -> None:
-        st = j.data["state"]
-        if not st["failed"]:
-            st["failed"] = True
-            self.drop(j.uid, "bad_json", f"section {j.data['i'] + 1}: no valid JSON after {j.attempt + 1} attempts",
+    def _failed(self, j: Job[SectionOf], text: str) -> None:
+        st = j.data.state
+        if not st.failed:
+            st.failed = True
+            self.drop(st.sample_id, "bad_json", f"section {j.data.i + 1}: no valid JSON after {j.attempt + 1} attempts",
                       {"output": text[:2000]})
 
-    def _section(self, j: Job, obj: dict[str, Any]) -> Iterator[Job]:
-        st = j.data["state"]
-        st["summaries"][j.data["i"]] = str(obj["summary"]).strip()
-        if st["failed"] or any(s is None for s in st["summaries"]):
+    def _section(self, j: Job[SectionOf], obj: dict[str, Any]) -> Iterator[Job[SummaryState]]:
+        st = j.data.state
+        st.summaries[j.data.i] = str(obj["summary"]).strip()
+        if st.failed or any(s is None for s in st.summaries):
             return
-        ctx = st["ctx"]
-        listing = "\n\n".join(f"Section {k + 1}: {s}" for k, s in enumerate(st["summaries"]))
-        prompt = template(self.REDUCE).format(n=len(st["summaries"]), source=ctx.source, summaries=listing)
-        yield Job(j.uid, self.user(prompt), self.REDUCE, SUMMARY_SCHEMA, self.cfg.max_tokens, self._whole,
-                  data={"state": st})
+        ctx = st.ctx
+        listing = "\n\n".join(f"Section {k + 1}: {s}" for k, s in enumerate(st.summaries))
+        prompt = template(self.REDUCE).format(n=len(st.summaries), source=ctx.source, summaries=listing)
+        yield Job([st.sample_id], self.user(prompt), self.REDUCE, SUMMARY_SCHEMA, self.cfg.max_tokens, self._whole, st)
 
-    def _whole(self, j: Job, obj: dict[str, Any]) -> Iterator[Sample]:
-        st = j.data["state"]
-        ctx, summary = st["ctx"], str(obj["summary"]).strip()
+    def _whole(self, j: Job[SummaryState], obj: dict[str, Any]) -> Iterator[Sample]:
+        st = j.data
+        ctx, summary = st.ctx, str(obj["summary"]).strip()
         if len(summary) < MIN_OUTPUT_CHARS:
-            self.drop(j.uid, "empty_output", f"summary of {len(summary)} chars", {"output": obj})
+            self.drop(st.sample_id, "empty_output", f"summary of {len(summary)} chars", {"output": obj})
             return
         yield make_sample(
             task="summary", index=0, ctx=ctx, text=ctx.text, parts=ctx.parts, question=self.QUESTION,
             answer=summary, evidence=[], tok=self.tok, short_max_tokens=self.short_max,
-            meta=self.meta(f"{self.MAP}+{self.REDUCE}", sections=st["sections"], section_summaries=st["summaries"]),
+            meta=self.meta(f"{self.MAP}+{self.REDUCE}", sections=st.sections, section_summaries=st.summaries),
         )
+
+
+@dataclass
+class SummaryState:
+    """One context's map-reduce summary: its sections and their summaries as they come in."""
+
+    ctx: Context
+    sample_id: str
+    sections: list[tuple[int, int]]
+    summaries: list[str | None]
+    failed: bool = False
+
+
+@dataclass
+class SectionOf:
+    state: SummaryState
+    i: int
