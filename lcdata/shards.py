@@ -72,7 +72,7 @@ def shard_paths(dir_: Path, manifest: dict[str, Any] | None = None) -> list[Path
     return [Path(dir_) / SHARD_DIR / s["path"] for s in manifest["shards"]]
 
 
-def verify(dir_: Path) -> list[str]:
+def check_shards(dir_: Path) -> list[str]:
     """Problems found (empty list: every shard exists, matches its sha256 and schema)."""
     dir_ = Path(dir_)
     m = load_manifest(dir_)

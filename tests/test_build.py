@@ -14,7 +14,7 @@ from lcdata.arrowio import sha256_file
 from lcdata.build import build_local
 from lcdata.config import parse_config
 from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SAMPLE_SCHEMA, Sample
-from lcdata.shards import check_row, iter_rows, load_manifest, verify
+from lcdata.shards import check_row, check_shards, iter_rows, load_manifest
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def built(tmp_path_factory, model_dir):
 
 def test_manifest_and_checksums(built):
     out, m, _ = built
-    assert verify(out) == []
+    assert check_shards(out) == []
     assert len(m["shards"]) > 1  # max_tokens forces several shards
     for s in m["shards"]:
         p = out / "shards" / s["path"]
@@ -143,7 +143,7 @@ def test_tampered_shard_is_caught(built, tmp_path):
     data = bytearray(p.read_bytes())
     data[-100] ^= 0xFF
     p.write_bytes(bytes(data))
-    problems = verify(copy)
+    problems = check_shards(copy)
     assert len(problems) == 1 and "sha256" in problems[0] and m["shards"][0]["path"] in problems[0]
     (copy / "manifest.json").unlink()
     with pytest.raises(FileNotFoundError, match="not a finished lcdata build"):

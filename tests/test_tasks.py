@@ -35,6 +35,10 @@ def ctx_and_docs(tok):
 def check_sample(s, docs):
     ctx = s.context_text()
     assert len(ctx) == s.context_chars
+    # typed payload: the question ends the user turn right after the context, the answer is the reply
+    user = s.messages[s.context_message]["content"]
+    assert user.endswith("</document>\n\n" + s.question) and s.question.strip()
+    assert s.answer == s.messages[-1]["content"]
     for e in s.evidence:
         assert ctx[e.start : e.end] == e.text
         assert e.depth == pytest.approx(e.start / len(ctx), abs=1e-6)
@@ -119,3 +123,62 @@ def test_insert_texts_keeps_provenance(text, cuts, ins):
     for s in spans:
         assert new[s.start : s.end] == s.text
     assert sum(q.ctx_end - q.ctx_start for q in new_parts) == n
+
+
+def test_task_registry_matches_the_config_union():
+    """Every task kind is one registered class whose Config is the config's union member."""
+    import typing
+
+    from lcdata.config import TaskConfig, uses_engine
+    from lcdata.tasks import TASKS
+
+    members = typing.get_args(typing.get_args(TaskConfig)[0])
+    by_kind = {m.model_fields["kind"].default: m for m in members}
+    assert set(by_kind) == set(TASKS)
+    for kind, cls in TASKS.items():
+        assert cls.Config is by_kind[kind], kind
+        assert cls.uses_engine == uses_engine(cls.Config()), kind
+
+
+def test_a_new_programmatic_task_is_one_class(ctx_and_docs, tok):
+    """Defining a ProgrammaticTask subclass registers it; the tasks stage runs it per context
+    with its own seeded RNG, ids from sample_id, and counts in contexts / out samples."""
+    from lcdata.schema import sample_id
+    from lcdata.stage import Lineage, RejectSink
+    from lcdata.tasks import TASKS, ProgrammaticTasks
+    from lcdata.tasks.base import ProgrammaticTask, Span, make_sample
+
+    class FirstLine(ProgrammaticTask):
+        kind, Config = "first_line_test", NeedlesTask
+
+        def make(self, ctx, index, rng):
+            line = ctx.text.split("\n", 1)[0]
+            return make_sample(task=self.kind, index=index, ctx=ctx, text=ctx.text, parts=ctx.parts,
+                               question="What is the first line?", answer=line,
+                               evidence=[Span(line, 0, len(line))], tok=self.tok, short_max_tokens=self.short_max)
+
+    try:
+        assert TASKS["first_line_test"] is FirstLine
+        with pytest.raises(ValueError, match="defined twice"):
+            type("Again", (ProgrammaticTask,), {"kind": "first_line_test", "Config": NeedlesTask})
+        ctxs = ctx_and_docs[0][:2]
+        cfg = NeedlesTask.model_construct(kind="first_line_test", per_context=2)
+        lin = Lineage()
+        stage = ProgrammaticTasks([cfg], tok, 0, 2048).bind(lin, RejectSink(None))
+        out = list(stage.run(ctxs))
+        assert [s.id for s in out] == [sample_id("first_line_test", c.id, i) for c in ctxs for i in range(2)]
+        assert all(s.question == "What is the first line?" and s.answer == s.messages[-1]["content"] for s in out)
+        assert lin.to_json()["tasks"] == {"in": 2, "out": 4, "dropped": {}}
+    finally:
+        TASKS.pop("first_line_test", None)
+
+
+def test_programmatic_ids_continue_across_repeated_kinds(ctx_and_docs, tok):
+    from lcdata.stage import Lineage, RejectSink
+    from lcdata.tasks import ProgrammaticTasks
+
+    ctx = ctx_and_docs[0][0]
+    stage = ProgrammaticTasks([NeedlesTask(per_context=1), KVTrackingTask(), NeedlesTask(per_context=2)],
+                              tok, 0, 2048).bind(Lineage(), RejectSink(None))
+    ids = [s.id for s in stage.run([ctx])]
+    assert ids == [f"needles:{ctx.id}:0", f"kv_tracking:{ctx.id}:0", f"needles:{ctx.id}:1", f"needles:{ctx.id}:2"]

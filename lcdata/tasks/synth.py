@@ -200,13 +200,24 @@ def bad_qa(qa: dict[str, Any]) -> str | None:
     return None
 
 
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "array": list, "object": dict, "boolean": bool,
+                                                   "integer": int, "number": (int, float)}
+
+
 def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
+    """The output as an object with every required field of its schema's type, or None (a bad
+    output: retried, then dropped). Guided decoding enforces this; a backend without it may not."""
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
         return None
     if not isinstance(obj, dict) or not set(schema.get("required", ())) <= set(obj):
         return None
+    props = schema.get("properties", {})
+    for k in schema.get("required", ()):
+        want = _JSON_TYPES.get(props.get(k, {}).get("type", ""))
+        if want is not None and not isinstance(obj[k], want):
+            return None
     return obj
 
 
@@ -280,7 +291,7 @@ class LLMStage(Producer[Context, Sample], Task):
             pending = nxt
 
     def meta(self, template_version: str, **kw: Any) -> dict[str, Any]:
-        return {"template": template_version, "model": self.engine.cfg.model, **kw}
+        return {"template": template_version, "model": self.engine.model, **kw}
 
     def user(self, prompt: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": prompt}]

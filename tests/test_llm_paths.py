@@ -1,0 +1,534 @@
+"""Every LLM path without a model: the engine (cache, dedup, batches, keys) and each LLM stage
+driven by a ``ScriptedBackend`` whose outputs the test writes, on real Shakespeare text and
+the real SmolLM2 tokenizer. Each test asserts what a build would record: samples made,
+lineage counts by reason, rejects rows, and the requests really sent (retries included).
+
+A scripted engine tells requests apart by ``Request.template_version`` (``multihop.v2#try1``,
+``verify.v1:closed``, ...) and by what its prompt quotes (a context's source name, a
+question). No vLLM: the whole file runs in seconds."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+from lcdata import engine as engine_mod
+from lcdata.config import (
+    CompareTask,
+    JudgeFilter,
+    LiftTask,
+    MultihopTask,
+    ShortQATask,
+    SummaryTask,
+    VerifyFilter,
+)
+from lcdata.engine import Engine, EngineConfig, Request, ScriptedBackend, call_seed
+from lcdata.filters.verify import BRIEF, JudgeStage, VerifyStage, local_windows
+from lcdata.read.corpora import shakespeare_root
+from lcdata.schema import Context, Part, Sample
+from lcdata.stage import Lineage, RejectSink, Stage
+from lcdata.tasks.base import DOC_CLOSE, make_sample
+from lcdata.tasks.lift import LiftStage, ShortQAStage
+from lcdata.tasks.synth import CompareStage, MultihopStage, SummaryStage
+
+PLAY = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()
+TEXT = PLAY[:20000]
+Script = Callable[[Request], str] | Sequence[str]
+
+
+def js(**kw: Any) -> str:
+    return json.dumps(kw)
+
+
+@pytest.fixture(scope="module")
+def ctx(tok) -> Context:
+    return context(tok, TEXT, "ctxA")
+
+
+def context(tok, text: str, source: str) -> Context:
+    """A context of real text; ``source`` is quoted in every LLM prompt (scripts key on it)."""
+    return Context(f"ctx:{source}:0", source, "macbeth", "natural", text, [Part("t/macbeth", 0, len(text), 0, len(text))],
+                   tok.count([text])[0], 8192)
+
+
+@dataclass
+class Ran:
+    samples: list[Sample]
+    lineage: dict[str, Any]  # this stage's counts, as the build's lineage JSON holds them
+    rejects: list[tuple[str, str, str]]  # (stage, reason, record_id)
+    backend: ScriptedBackend
+    engine: Engine
+
+    def sent(self) -> list[str]:
+        return [r.template_version for r in self.backend.requests]
+
+
+def bind(stage: Stage[Any, Any]) -> tuple[Stage[Any, Any], Lineage, RejectSink]:
+    lin, sink = Lineage(), RejectSink(None)
+    return stage.bind(lin, sink), lin, sink
+
+
+def scripted_engine(script: Script, cache: Path | None = None, **cfg: Any) -> tuple[Engine, ScriptedBackend]:
+    backend = ScriptedBackend(script, name="paths")
+    return Engine(EngineConfig(**cfg), cache, backend=backend), backend
+
+
+# The one place that knows stage constructors: adapt here if their signatures change.
+def make_stage(task_or_filter: Any, engine: Engine, tok) -> Stage[Any, Any]:
+    if isinstance(task_or_filter, VerifyFilter):
+        return VerifyStage(task_or_filter, engine, tok)
+    if isinstance(task_or_filter, JudgeFilter):
+        return JudgeStage(task_or_filter, engine)
+    stages = {"multihop": MultihopStage, "compare": CompareStage, "summary": SummaryStage, "lift": LiftStage,
+              "short_qa": ShortQAStage}
+    return stages[task_or_filter.kind](task_or_filter, engine, tok, 0, 2048)
+
+
+def run(tok, cfg: Any, script: Script, records: list[Any], cache: Path | None = None, **engine_cfg: Any) -> Ran:
+    engine, backend = scripted_engine(script, cache, **engine_cfg)
+    stage, lin, sink = bind(make_stage(cfg, engine, tok))
+    samples = list(stage.run(records))
+    counts = lin.to_json()[stage.name]
+    if "notes" in counts:  # a note counted 0 times says nothing (whether it is listed is not the point)
+        counts["notes"] = {k: v for k, v in counts["notes"].items() if v}
+    assert counts["in"] == counts["out"] + sum(counts["dropped"].values())  # every planned sample accounted for
+    assert sum(counts["dropped"].values()) == len(sink.rows)  # every drop has a rejects row
+    return Ran(samples, counts, [(r["stage"], r["reason"], r["record_id"]) for r in sink.rows], backend, engine)
+
+
+def labels_in(prompt: str) -> dict[str, str]:
+    """The labelled lines of a prompt: ``{"P1.3": "line text"}``."""
+    return dict(re.findall(r"^\[(P\d+\.\d+)\] (.*)$", prompt, re.M))
+
+
+def assert_spans(s: Sample, text: str) -> None:
+    assert s.evidence and all(text[e.start:e.end] == e.text for e in s.evidence)
+
+
+# --- the engine -----------------------------------------------------------------------------
+
+def req(content: str, version: str = "v1") -> Request:
+    return Request([{"role": "user", "content": content}], {"type": "object"}, version, 32)
+
+
+def test_engine_sends_identical_requests_once_in_batches_and_reruns_from_cache(tmp_path):
+    a, b, c, d = (req(x) for x in "abcd")
+    eng, backend = scripted_engine(lambda r: "out:" + r.messages[0]["content"], tmp_path, batch_size=2)
+    assert eng.generate([a, b, a, c, d]) == ["out:a", "out:b", "out:a", "out:c", "out:d"]
+    assert [r.messages[0]["content"] for r in backend.requests] == ["a", "b", "c", "d"]
+    assert backend.batches == [2, 2] and eng.calls == 4
+    assert len(list(tmp_path.glob("chunk-*.jsonl"))) == 2  # one chunk per batch
+    # a rerun (new process, same cache) sends nothing; only a new request goes out
+    again, backend2 = scripted_engine([], tmp_path, batch_size=2)
+    assert again.generate([d, c, b, a]) == ["out:d", "out:c", "out:b", "out:a"]
+    assert backend2.requests == [] and again.calls == 0
+    more, backend3 = scripted_engine(["out:e"], tmp_path, batch_size=2)
+    assert more.generate([a, req("e")]) == ["out:a", "out:e"]
+    assert [r.messages[0]["content"] for r in backend3.requests] == ["e"] and more.calls == 1
+
+
+def test_real_keys_are_unchanged_and_never_shared_with_a_scripted_model(tmp_path):
+    cfg = EngineConfig()
+    r = Request([{"role": "user", "content": "Hello"}], {"type": "object"}, "v1#try0", 32)
+    r2 = Request([{"role": "user", "content": "Hi"}], None, "verify.v1:closed", 64, temperature=0.0)
+    # pinned before the Backend protocol: existing builds' request caches stay valid
+    assert r.key(cfg) == "31acce08e3c8acfc74cd33bf624caec4e6d8a5c88a3d649f1006a11794563586"
+    assert r2.key(cfg) == "52dff0eb642dc9800c2959120a3d43350efb0a3ace3c59bfb953d6a99329baff"
+    assert call_seed(cfg, [r, r2]) == 75202146786320487
+    real = Engine(cfg, tmp_path)
+    assert real.key(r) == r.key(cfg) and real.model == cfg.model
+    scripted, _ = scripted_engine(["scripted answer"], tmp_path)
+    assert scripted.model == "scripted:paths" and scripted.key(r) != r.key(cfg)
+    scripted.generate([r])
+    # the real model's engine on the same cache finds nothing of the scripted one (and has not started vLLM)
+    real = Engine(cfg, tmp_path)
+    assert real.cache.get(real.key(r)) is None and real._backend is None
+    assert Engine(cfg, tmp_path, backend=ScriptedBackend([], "paths")).cache.get(scripted.key(r)) == "scripted answer"
+
+
+def test_backends_that_are_not_thread_safe_take_turns(tmp_path):
+    seen: list[bool] = []
+
+    def script(r: Request) -> str:
+        seen.append(engine_mod._LOCK.locked())
+        return "x"
+
+    eng, _ = scripted_engine(script)
+    eng.generate([req("a")])
+
+    class Concurrent(ScriptedBackend):
+        thread_safe = True
+
+    Engine(EngineConfig(), None, backend=Concurrent(script)).generate([req("a")])
+    assert seen == [True, False]
+
+
+def test_each_batch_is_cached_before_its_crash_point(monkeypatch, tmp_path):
+    eng, _ = scripted_engine(lambda r: r.messages[0]["content"], tmp_path, batch_size=2)
+    cached_at_crash: list[int] = []
+    monkeypatch.setattr(engine_mod, "crash_point",
+                        lambda name: cached_at_crash.append(len(eng.cache.data)) if name == "engine_batch" else None)
+    eng.generate([req(x) for x in "abcde"])
+    assert cached_at_crash == [2, 4, 5]  # a kill there loses nothing already returned by the backend
+
+
+def test_a_scripted_list_that_runs_out_says_so():
+    eng, _ = scripted_engine(["only one"])
+    with pytest.raises(AssertionError, match=r"no scripted output for its request 2 \(v1\)"):
+        eng.generate([req("a"), req("b")])
+
+
+# --- the LLM job loop (multihop) --------------------------------------------------------------
+
+MULTIHOP = MultihopTask(min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3, max_retries=1)
+GOOD_Q = {"question": "Who is named king in the first passage and killed in the second?", "answer": "Duncan."}
+
+
+def good_multihop(r: Request) -> str:
+    return js(**GOOD_Q, evidence=["P1.1", "P2.1"])
+
+
+def test_bad_json_is_retried_once_then_made(tok, ctx):
+    ran = run(tok, MULTIHOP, lambda r: good_multihop(r) if r.template_version.endswith("#try1") else "{not json",
+              [ctx])
+    assert ran.sent() == ["multihop.v2#try0", "multihop.v2#try1"]
+    assert ran.backend.requests[0].messages == ran.backend.requests[1].messages  # the same prompt, a new key
+    assert [s.id for s in ran.samples] == [f"multihop:{ctx.id}:0"]
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}} and ran.rejects == []
+
+
+def test_bad_json_beyond_max_retries_is_dropped(tok, ctx):
+    ran = run(tok, MULTIHOP, lambda r: '{"question": "Who?"}', [ctx])  # valid JSON, required keys missing
+    assert ran.sent() == ["multihop.v2#try0", "multihop.v2#try1"]
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
+    assert ran.rejects == [("synthesize.multihop", "bad_json", f"multihop:{ctx.id}:0")]
+    no_retry = run(tok, MULTIHOP.model_copy(update={"max_retries": 0}), ["garbage"], [ctx])
+    assert no_retry.sent() == ["multihop.v2#try0"] and no_retry.lineage["dropped"] == {"bad_json": 1}
+
+
+def test_each_round_sends_the_pending_jobs_of_all_contexts_together(tok):
+    """A made at once, B on its retry, C never: two engine calls (3 then 2 requests)."""
+    ctxs = [context(tok, (shakespeare_root() / "tragedies" / f"{p}.md").read_text()[:12000], src)
+            for p, src in (("macbeth", "ctxA"), ("hamlet", "ctxB"), ("othello", "ctxC"))]
+
+    def script(r: Request) -> str:
+        prompt, retry = r.messages[0]["content"], r.template_version.endswith("#try1")
+        if "(ctxA)" in prompt or ("(ctxB)" in prompt and retry):
+            return good_multihop(r)
+        return "{"
+
+    ran = run(tok, MULTIHOP, script, ctxs)
+    assert ran.backend.batches == [3, 2] and ran.engine.calls == 5
+    assert [s.id for s in ran.samples] == ["multihop:ctx:ctxA:0:0", "multihop:ctx:ctxB:0:0"]
+    assert ran.lineage == {"in": 3, "out": 2, "dropped": {"bad_json": 1}}
+    assert ran.rejects == [("synthesize.multihop", "bad_json", "multihop:ctx:ctxC:0:0")]
+
+
+def test_a_rerun_from_the_request_cache_sends_nothing_and_makes_the_same_samples(tok, ctx, tmp_path):
+    script = lambda r: good_multihop(r) if r.template_version.endswith("#try1") else "{"  # noqa: E731
+    first = run(tok, MULTIHOP, script, [ctx], cache=tmp_path)
+    again = run(tok, MULTIHOP, [], [ctx], cache=tmp_path)  # an empty script: any request would fail
+    assert again.backend.requests == [] and again.engine.calls == 0 and first.engine.calls == 2
+    assert [s.to_row() for s in again.samples] == [s.to_row() for s in first.samples]
+    assert again.lineage == first.lineage == {"in": 1, "out": 1, "dropped": {}}
+
+
+# --- multihop drop reasons ----------------------------------------------------------------------
+
+def test_multihop_good_output_points_at_the_cited_lines(tok, ctx):
+    ran = run(tok, MULTIHOP, good_multihop, [ctx])
+    (s,) = ran.samples
+    labels = labels_in(ran.backend.requests[0].messages[0]["content"])
+    assert [e.text for e in s.evidence] == [labels["P1.1"], labels["P2.1"]]
+    assert_spans(s, ctx.text)
+    assert s.context_text() == ctx.text and s.messages[1]["content"] == "Duncan."
+    assert s.meta["grounding"] == ["label", "label"] and s.meta["template"] == "multihop.v2"
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    (GOOD_Q | {"evidence": ["Macbeth sails to Lisbon in a golden submarine."]}, "evidence_not_found"),
+    (GOOD_Q | {"evidence": ["P9.9"]}, "evidence_not_found"),  # a label that does not exist
+    (GOOD_Q | {"evidence": ["P1.1", "P1.2"]}, "evidence_single_chunk"),
+    (GOOD_Q | {"question": "Tell me about the king", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
+    (GOOD_Q | {"question": "What do P1.1 and P2.1 say?", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
+    (GOOD_Q | {"answer": "Duncan, as the JSON says.", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
+    (GOOD_Q | {"question": " ", "evidence": ["P1.1", "P2.1"]}, "empty_output"),
+    (GOOD_Q | {"answer": "", "evidence": ["P1.1", "P2.1"]}, "empty_output"),
+])
+def test_multihop_drop_reasons(tok, ctx, output, reason):
+    ran = run(tok, MULTIHOP, [json.dumps(output)], [ctx])
+    assert ran.samples == [] and ran.sent() == ["multihop.v2#try0"]  # a parsed output is not retried
+    assert ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
+    assert ran.rejects == [("synthesize.multihop", reason, f"multihop:{ctx.id}:0")]
+
+
+def test_multihop_without_room_sends_nothing(tok):
+    short = context(tok, TEXT[:1500], "short")
+    ran = run(tok, MULTIHOP.model_copy(update={"per_context": 2}), [], [short])
+    assert ran.backend.requests == [] and ran.samples == []
+    assert ran.lineage == {"in": 2, "out": 0, "dropped": {"no_room": 2}}
+    assert [r[1:] for r in ran.rejects] == [("no_room", "multihop:ctx:short:0:0"), ("no_room", "multihop:ctx:short:0:1")]
+
+
+# --- compare ------------------------------------------------------------------------------------
+
+COMPARE = CompareTask(chunk_chars=800, max_retries=0)
+GOOD_CMP = {"topic": "the king", "passage_1": "Here the thanes praise the king.",
+            "passage_2": "Here the king's death is mourned.", "evidence": ["P1.1", "P2.2"]}
+
+
+@pytest.mark.parametrize(("output", "reason"), [
+    (GOOD_CMP | {"passage_2": GOOD_CMP["passage_1"]}, "degenerate_output"),
+    (GOOD_CMP | {"passage_2": "As said in P1.3, the king is dead."}, "degenerate_output"),
+    (GOOD_CMP | {"evidence": ["P1.1", "P1.2"]}, "evidence_single_chunk"),
+    (GOOD_CMP | {"evidence": ["P7.1"]}, "evidence_not_found"),
+    (GOOD_CMP | {"passage_1": "Short."}, "empty_output"),
+])
+def test_compare_drop_reasons(tok, ctx, output, reason):
+    ran = run(tok, COMPARE, [json.dumps(output)], [ctx])
+    assert ran.samples == [] and ran.sent() == ["compare.v2#try0"]
+    assert ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
+    assert ran.rejects == [("synthesize.compare", reason, f"compare:{ctx.id}:0")]
+
+
+def test_compare_good_output(tok, ctx):
+    ran = run(tok, COMPARE, [json.dumps(GOOD_CMP)], [ctx])
+    (s,) = ran.samples
+    labels = labels_in(ran.backend.requests[0].messages[0]["content"])
+    assert [e.text for e in s.evidence] == [labels["P1.1"], labels["P2.2"]]
+    assert_spans(s, ctx.text)
+    assert "about the king?" in s.messages[0]["content"]
+    assert s.messages[1]["content"] == f"The first part: {GOOD_CMP['passage_1']}\nThe second part: {GOOD_CMP['passage_2']}"
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
+
+
+# --- summary (map-reduce) ---------------------------------------------------------------------
+
+SUMMARY = SummaryTask(sections=3, max_section_chars=8000, max_retries=1)
+WHOLE = "Witches promise Macbeth the crown; he kills King Duncan and rules in fear."
+
+
+def summary_script(bad_section: int | None) -> Callable[[Request], str]:
+    def script(r: Request) -> str:
+        prompt = r.messages[0]["content"]
+        if r.template_version.startswith("summary_global.v1"):
+            return js(summary=WHOLE)
+        i = int(re.search(r"section (\d) of 3", prompt).group(1))  # type: ignore[union-attr]
+        return "{" if i == bad_section else js(summary=f"Summary of section {i}.")
+    return script
+
+
+def test_summary_maps_then_reduces_into_one_sample(tok, ctx):
+    ran = run(tok, SUMMARY, summary_script(None), [ctx])
+    assert ran.sent() == ["summary_section.v1#try0"] * 3 + ["summary_global.v1#try0"]
+    assert ran.backend.batches == [3, 1]
+    assert "Section 3: Summary of section 3." in ran.backend.requests[3].messages[0]["content"]
+    (s,) = ran.samples
+    assert s.task == "summary" and s.messages[1]["content"] == WHOLE and s.context_text() == ctx.text
+    assert s.meta["section_summaries"] == [f"Summary of section {i}." for i in (1, 2, 3)]
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
+
+
+def test_summary_section_failing_json_drops_the_context_once(tok, ctx):
+    ran = run(tok, SUMMARY, summary_script(2), [ctx])
+    assert ran.sent() == ["summary_section.v1#try0"] * 3 + ["summary_section.v1#try1"]  # no reduce
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
+    assert ran.rejects == [("synthesize.summary", "bad_json", f"summary:{ctx.id}:0")]
+
+
+def test_a_section_summary_of_the_wrong_type_is_a_bad_output(tok, ctx):
+    """{"summary": null} parses as JSON but is not the schema's string: retried, then dropped
+    (not fed to the reduce step as the text "None")."""
+    script = summary_script(None)
+    ran = run(tok, SUMMARY, lambda r: js(summary=None) if "section 2 of 3" in r.messages[0]["content"]
+              else script(r), [ctx])
+    assert "summary_global.v1#try0" not in ran.sent()
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
+
+
+def test_samples_name_the_model_that_wrote_them(tok, ctx):
+    ran = run(tok, SUMMARY, summary_script(None), [ctx])
+    assert ran.samples[0].meta["model"] == ran.backend.model and ran.backend.model.startswith("scripted:")
+
+
+def test_summary_too_short_is_dropped(tok, ctx):
+    script = summary_script(None)
+    ran = run(tok, SUMMARY, lambda r: js(summary="Ok.") if "global" in r.template_version else script(r), [ctx])
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"empty_output": 1}}
+
+
+# --- LIFT QA and short-window QA ----------------------------------------------------------------
+
+LIFT = LiftTask(segment_tokens=512, stride_tokens=384, qa_per_segment=2, max_qa_segments=1, max_retries=0)
+QA_GOOD = {"question": "Who enters with the witches?", "answer": "Macbeth.", "evidence": ["P1.2"]}
+
+
+def test_lift_good_qa_and_missing_qa(tok, ctx):
+    ran = run(tok, LIFT, [js(qa=[QA_GOOD])], [ctx])
+    mem = [s for s in ran.samples if s.task == "lift_memorize"]
+    qa = [s for s in ran.samples if s.task != "lift_memorize"]
+    assert mem and ran.sent() == ["qa.v1#try0"]
+    assert [s.task for s in qa] == ["lift_qa", "lift_qa_ctx"]
+    line = labels_in(ran.backend.requests[0].messages[0]["content"])["P1.2"]
+    for s in qa:
+        assert [e.text for e in s.evidence] == [line] and s.messages[1]["content"] == "Macbeth."
+        assert_spans(s, ctx.text)  # closed-book too: its offsets point into the context
+    # 2 questions x 2 variants planned; the missing question drops both of its variants
+    assert ran.lineage == {"in": len(mem) + 4, "out": len(mem) + 2, "dropped": {"missing_qa": 2}}
+    assert [r[:2] for r in ran.rejects] == [("synthesize.lift", "missing_qa")] * 2
+    # the rejects carry the ids the dropped samples would have had (they join to samples)
+    assert sorted(r[2] for r in ran.rejects) == [f"lift_qa:{ctx.id}:0.1", f"lift_qa_ctx:{ctx.id}:0.1"]
+
+
+def test_lift_degenerate_and_unlocated_qa(tok, ctx):
+    cfg = LIFT.model_copy(update={"memorize": False})
+    bad = [QA_GOOD | {"question": "Summarize the passage"}, QA_GOOD | {"evidence": ["P3.4"]}]
+    ran = run(tok, cfg, [js(qa=bad)], [ctx])
+    assert ran.samples == []
+    assert ran.lineage == {"in": 4, "out": 0, "dropped": {"degenerate_output": 2, "evidence_not_found": 2}}
+
+
+SHORT = ShortQATask(per_context=1, window_tokens=512, qa_per_window=2, max_retries=0)
+
+
+def test_short_qa_good_and_missing(tok, ctx):
+    ran = run(tok, SHORT, [js(qa=[QA_GOOD | {"evidence": ["P1.1"]}])], [ctx])
+    (s,) = ran.samples
+    line = labels_in(ran.backend.requests[0].messages[0]["content"])["P1.1"]
+    assert s.task == "short_qa" and [e.text for e in s.evidence] == [line]
+    assert_spans(s, s.context_text())  # offsets into the window, which is a slice of the context
+    assert s.context_text() in ctx.text and s.context_tokens <= 512
+    assert ran.lineage == {"in": 2, "out": 1, "dropped": {"missing_qa": 1}}
+    assert [r[1] for r in ran.rejects] == ["missing_qa"]
+
+
+def test_short_qa_empty_answer(tok, ctx):
+    ran = run(tok, SHORT.model_copy(update={"qa_per_window": 1}), [js(qa=[QA_GOOD | {"answer": ""}])], [ctx])
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"empty_output": 1}}
+
+
+# --- judge and verification ---------------------------------------------------------------------
+
+class Span(NamedTuple):  # a tuple with named fields: what make_sample takes as evidence
+    text: str
+    start: int
+    end: int
+
+
+def line_at(text: str, frac: float) -> Span:
+    """The first non-empty line at or after ``frac`` of ``text``."""
+    a = text.index("\n", int(frac * len(text))) + 1
+    while not text[a:text.index("\n", a)].strip():
+        a = text.index("\n", a) + 1
+    return Span(text[a:text.index("\n", a)], a, text.index("\n", a))
+
+
+def qa_sample(tok, ctx: Context, index: int, question: str, answer: str, task: str = "multihop") -> Sample:
+    ev = [line_at(ctx.text, 0.1), line_at(ctx.text, 0.9)] if task != "summary" else []
+    return make_sample(task=task, index=index, ctx=ctx, text=ctx.text, parts=ctx.parts, question=question,
+                       answer=answer, evidence=ev, tok=tok, short_max_tokens=2048)
+
+
+def test_judge_drops_low_scores_and_keeps_unparsable(tok, ctx):
+    samples = [qa_sample(tok, ctx, 0, "Who is low?", "A."), qa_sample(tok, ctx, 1, "Who is high?", "B."),
+               qa_sample(tok, ctx, 2, "Who is garbled?", "C."), qa_sample(tok, ctx, 3, "Summarize.", "D.", "summary")]
+    verdicts = {"low": js(score=3, reason="vague"), "high": js(score=8, reason="clear"), "garbled": "score: 9"}
+
+    def script(r: Request) -> str:
+        assert r.template_version == "judge.v1" and r.temperature == 0.0
+        return next(v for k, v in verdicts.items() if f"Who is {k}?" in r.messages[0]["content"])
+
+    ran = run(tok, JudgeFilter(enabled=True, min_score=5), script, samples)
+    assert len(ran.backend.requests) == 3  # the summary is not a QA task: not judged
+    assert [s.id for s in ran.samples] == [samples[i].id for i in (1, 2, 3)]
+    assert samples[1].meta["judge"] == {"score": 8, "reason": "clear"} and samples[2].meta["judge"] is None
+    assert "judge" not in samples[3].meta
+    assert ran.lineage == {"in": 4, "out": 3, "dropped": {"low_judge_score": 1},
+                           "notes": {"score_03": 1, "score_08": 1, "unparsable_kept": 1}}
+    assert ran.rejects == [("judge", "low_judge_score", samples[0].id)]
+
+
+# question -> the answers the scripted engine gives (closed-book, every local window, full context)
+VERIFY_CASES = {
+    "Who is answerable closed-book?": ("Banquo", "nobody", "Banquo", "answerable_closed_book"),
+    "Who is answerable locally?": ("nobody", "Ross", "Ross", "answerable_locally"),
+    "Who fails with the full context?": ("nobody", "nobody", "nobody", "full_context_fails"),
+    "Who needs the whole play?": ("nobody", "nobody", "Fleance", None),
+}
+
+
+def verify_script(r: Request) -> str:
+    kind = r.template_version.removeprefix("verify.v1:")
+    question = r.messages[0]["content"].rsplit(DOC_CLOSE, 1)[-1].removesuffix(BRIEF)
+    closed, local, full, _ = VERIFY_CASES[question]
+    return {"closed": closed, "local": local, "full": full}[kind]
+
+
+def verify_samples(tok, ctx: Context) -> list[Sample]:
+    return [qa_sample(tok, ctx, i, q, v[2] if v[3] != "full_context_fails" else "Macduff")
+            for i, (q, v) in enumerate(VERIFY_CASES.items())]
+
+
+def test_verify_drop_reasons_in_turn_and_kept_scores(tok, ctx):
+    samples = verify_samples(tok, ctx)
+    unchecked = qa_sample(tok, ctx, 9, "Summarize.", "It ends.", task="summary")  # not a verified task
+    cfg = VerifyFilter(enabled=True, metric="em")
+    ran = run(tok, cfg, verify_script, [*samples, unchecked])
+    wins = [len(local_windows(s, tok, cfg.window_tokens, cfg.max_windows)) for s in samples]
+    assert all(n >= 1 for n in wins)
+    kinds = [v.removeprefix("verify.v1:") for v in ran.sent()]
+    assert kinds.count("closed") == kinds.count("full") == 4 and kinds.count("local") == sum(wins)
+    assert all(r.temperature == 0.0 for r in ran.backend.requests)
+    assert [s.id for s in ran.samples] == [samples[3].id, unchecked.id]
+    assert ran.lineage == {
+        "in": 5, "out": 2,
+        "dropped": {"answerable_closed_book": 1, "answerable_locally": 1, "full_context_fails": 1},
+        "notes": {"answerable_closed_book": 1, "answerable_locally": 1, "checked": 4, "full_context_fails": 1}}
+    assert [r[1:] for r in ran.rejects] == [(v[3], s.id) for s, v in zip(samples, VERIFY_CASES.values()) if v[3]]
+    assert {k: samples[3].meta["verify"][k] for k in ("metric", "closed", "local", "full")} == \
+        {"metric": "em", "closed": 0.0, "local": 0.0, "full": 1.0}
+    assert samples[3].meta["verify"]["answers"] == {"closed": "nobody", "full": "Fleance"}
+    assert "verify" not in unchecked.meta
+
+
+def test_verify_without_require_full_keeps_a_failing_full_answer(tok, ctx):
+    samples = verify_samples(tok, ctx)
+    ran = run(tok, VerifyFilter(enabled=True, metric="em", require_full=False), verify_script, samples)
+    assert [s.id for s in ran.samples] == [samples[2].id, samples[3].id]
+    assert ran.lineage["dropped"] == {"answerable_closed_book": 1, "answerable_locally": 1}
+
+
+def test_verify_with_the_engine_as_answer_matcher(tok, ctx):
+    """metric llm: the engine judges each answer against the reference; identical judgements
+    are sent once, and an unparsable verdict counts as a wrong answer (and is noted)."""
+    (s,) = verify_samples(tok, ctx)[3:]
+
+    def script(r: Request) -> str:
+        if r.template_version.startswith("verify.v1:"):
+            return verify_script(r)
+        assert r.template_version == "answer_match.v1" and r.temperature == 0.0
+        cand = r.messages[0]["content"].split("Candidate answer: ", 1)[1].split("\n", 1)[0]
+        return js(correct=True) if cand == "Fleance" else "maybe"
+
+    ran = run(tok, VerifyFilter(enabled=True, metric="llm"), script, [s])
+    n_local = ran.sent().count("verify.v1:local")
+    # closed and every local window answered "nobody": one identical match request for all of them
+    assert ran.sent().count("answer_match.v1") == 2 and n_local >= 1
+    assert ran.samples == [s] and {k: s.meta["verify"][k] for k in ("metric", "closed", "local", "full")} == \
+        {"metric": "llm", "closed": 0.0, "local": 0.0, "full": 1.0}
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {},
+                           "notes": {"checked": 1, "match_unparsable": 1 + n_local}}
+
+
+def test_verify_skips_contexts_longer_than_the_engine(tok, ctx):
+    (s,) = verify_samples(tok, ctx)[3:]
+    ran = run(tok, VerifyFilter(enabled=True, metric="em"), [], [s], max_model_len=1024)
+    assert ran.backend.requests == [] and ran.samples == [s] and "skipped" in s.meta["verify"]
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"skipped_longer_than_engine": 1}}
