@@ -7,22 +7,23 @@ import json
 import math
 
 import pytest
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from lcdata.evals import suites as S
-from lcdata.evals.score import (
-    aggregate,
-    contains,
-    counterfactual_class,
-    niah_scores,
-    qa_scores,
-    score_item,
-)
+from lcdata.evals.base import EvalItem, EvalSuite, contains, qa_scores
+from lcdata.evals.score import aggregate, score_item
+from lcdata.evals.suites import counterfactual_class, niah_scores
 
 TINY = dict(
-    niah=S.NIAHSuite(lengths=[512, 1024], depths=[0.0, 1.0], needles=[1, 2]),
-    multihop=S.MultihopSuite(length=1024, distances=[0.0, 0.5], per_distance=1),
-    squad=S.SquadSuite(n=2), counterfactual=S.CounterfactualSuite(n=2), lift=S.LiftSuite(doc_tokens=512, n_facts=2),
+    niah=S.NIAHSuite.Config(lengths=[512, 1024], depths=[0.0, 1.0], needles=[1, 2]),
+    multihop=S.MultihopSuite.Config(length=1024, distances=[0.0, 0.5], per_distance=1),
+    squad=S.SquadSuite.Config(n=2), counterfactual=S.CounterfactualSuite.Config(n=2),
+    lift=S.LiftSuite.Config(doc_tokens=512, n_facts=2),
 )
+
+
+def _item(suite: str, answers: list[str]) -> EvalItem:
+    return EvalItem(id=f"{suite}/0", suite=suite, messages=[], answers=answers)
 
 
 def test_suite_is_deterministic_and_cached(model_dir, tmp_path, monkeypatch):
@@ -36,7 +37,7 @@ def test_suite_is_deterministic_and_cached(model_dir, tmp_path, monkeypatch):
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     # a second call finds the cache and generates nothing
-    monkeypatch.setattr(S, "niah_items", lambda *a, **k: pytest.fail("regenerated a cached suite"))
+    monkeypatch.setattr(S.NIAHSuite, "items", lambda *a, **k: pytest.fail("regenerated a cached suite"))
     assert S.generate_suite(cfg, model_dir, 8000, tmp_path / "a") == a
     # another seed is another suite
     assert S.generate_suite(S.SuiteConfig(seed=1, suites=["squad"]), model_dir, 8000, tmp_path / "a") != a
@@ -68,7 +69,7 @@ def test_suite_items_hold_their_invariants(model_dir, tok, tmp_path):
 
 def test_lengths_beyond_the_window_are_refused(model_dir, tmp_path):
     with pytest.raises(ValueError, match="exceeds the model's window"):
-        S.generate_suite(S.SuiteConfig(suites=["niah"], niah=S.NIAHSuite(lengths=[4096])), model_dir, 2000, tmp_path)
+        S.generate_suite(S.SuiteConfig(suites=["niah"], niah=S.NIAHSuite.Config(lengths=[4096])), model_dir, 2000, tmp_path)
 
 
 def test_scorers_on_hand_made_cases():
@@ -82,13 +83,15 @@ def test_scorers_on_hand_made_cases():
     assert counterfactual_class("Paris.", "Paris", "Lyon") == "memory"
     assert counterfactual_class("Paris or Lyon", "Paris", "Lyon") == "both"
     assert counterfactual_class("Marseille", "Paris", "Lyon") == "other"
-    assert score_item({"suite": "counterfactual", "answers": ["Paris", "Lyon"]}, "Lyon") == {"class": "context", "memory": 0.0}
+    assert score_item(_item("counterfactual", ["Paris", "Lyon"]), "Lyon") == {"class": "context", "memory": 0.0}
+    assert score_item(_item("niah", ["1234567", "7654321"]), "1,234,567") == {"found": [True, False], "accuracy": 0.5, "all": 0.0}
+    assert score_item(_item("squad", ["80,000"]), "80,000") == {"em": 1.0, "f1": 1.0, "contains": 1.0}
 
 
 def test_counterfactual_counts_only_facts_known_closed_book():
     def it(fact, mode, pred):
         return {"suite": "counterfactual", "meta": {"fact": fact, "mode": mode},
-                "score": score_item({"suite": "counterfactual", "answers": ["Paris", "Lyon"]}, pred)}
+                "score": score_item(_item("counterfactual", ["Paris", "Lyon"]), pred)}
 
     items = [it(0, "closed", "Paris"), it(0, "context", "Lyon"),     # known, follows the context
              it(1, "closed", "Paris"), it(1, "context", "Paris"),    # known, follows memory
@@ -113,6 +116,114 @@ def test_niah_aggregate_puts_each_needle_at_its_depth():
     assert r["grid_single"] == [[1024, 0.0, 1.0], [1024, 1.0, 0.0]]
     assert r["grid_multi"] == [[1024, 0.0, 1.0], [1024, 1.0, 0.0]]  # the 0.9 needle counts at depth 1.0
     assert r["single"] == 0.5 and r["multi"] == 0.5
+
+
+def test_suite_config_is_generated_from_the_registry():
+    import lcdata.evals
+
+    assert lcdata.evals.SUITES is S.SUITES
+    assert list(S.SuiteConfig.model_fields) == ["seed", "suites", *S.SUITES]
+    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift"]
+    cfg, small = S.SuiteConfig(), S.SuiteConfig.preset("small")
+    assert cfg.suites == list(S.SUITES)
+    for name, suite in S.SUITES.items():
+        assert suite.name == name and suite.primary
+        assert cfg.suite(name) == suite.Config() and small.suite(name) == suite.Config(**suite.small)
+    with pytest.raises(ValidationError, match="nope"):
+        S.SuiteConfig(nope={})
+    with pytest.raises(ValidationError, match="lengthz"):
+        S.SuiteConfig(niah={"lengthz": [1]})  # every suite's Config forbids unknown keys
+    with pytest.raises(ValidationError, match=r"niah.depths must lie in \[0, 1\]"):
+        S.SuiteConfig(niah={"depths": [1.5]})
+    with pytest.raises(ValidationError, match="'lift'"):
+        S.SuiteConfig(suites=["nope"])
+
+
+def test_every_suite_scores_aggregates_and_reports_its_items(model_dir, tmp_path):
+    from lcdata.evals.run import summary_table
+
+    items = S.load_items(S.generate_suite(S.SuiteConfig(**TINY), model_dir, 8000, tmp_path))
+
+    def right(it: EvalItem) -> str:  # counterfactual: knows the fact closed-book, follows the context
+        if it.suite == "niah":
+            return " ".join(it.answers)
+        return it.answers[1] if it.suite == "counterfactual" and it.meta["mode"] == "context" else it.answers[0]
+
+    scored = [{"suite": it.suite, "meta": it.meta, "score": score_item(it, right(it))} for it in items]
+    res = aggregate(scored)
+    assert list(res) == list(S.SUITES)
+    table = summary_table({"models": {"m": {"suites": res}}})
+    for name, suite in S.SUITES.items():
+        assert res[name]["primary"] == suite.primary and res[name]["value"] == res[name][suite.primary]
+        for k in suite.summary or (suite.primary,):
+            assert f"| {name} | {k} | " in table
+    assert all(r["value"] == 1.0 for r in res.values())
+
+
+def test_a_new_suite_is_one_class(model_dir, tmp_path):
+    from lcdata.evals.plots import plot_results
+    from lcdata.evals.run import load_eval_config, summary_table
+
+    class ToySuite(EvalSuite):
+        name = "toy"
+        primary = "hit"
+
+        class Config(BaseModel):
+            model_config = ConfigDict(extra="forbid")
+            n: int = 3
+
+        small = dict(n=1)
+
+        @classmethod
+        def items(cls, cfg, tok, seed, window):
+            for i in range(cfg.n):
+                yield EvalItem(id=f"toy/{i}", suite=cls.name, messages=[{"role": "user", "content": f"Say {seed + i}."}],
+                               answers=[str(seed + i)])
+
+        @classmethod
+        def score(cls, item, pred):
+            return {"hit": float(item.answers[0] in pred)}
+
+    try:
+        assert S.SUITES["toy"] is ToySuite
+        model = S.suite_config_model()
+        assert list(model.model_fields)[-1] == "toy" and model().toy == ToySuite.Config() and model().suites[-1] == "toy"
+        with pytest.raises(ValidationError, match="m"):
+            model(toy={"m": 1})
+        assert load_eval_config(None, size="small", suites=["toy"]).suite_config().toy.n == 1  # the CLI's path
+        d = S.generate_suite(model(seed=5, suites=["toy"], toy={"n": 2}), model_dir, 1000, tmp_path)
+        assert json.loads((d / "suite.json").read_text())["config"]["toy"] == {"n": 2}
+        items = S.load_items(d)
+        assert [(it.id, it.answers) for it in items] == [("toy/0", ["5"]), ("toy/1", ["6"])]
+        scored = [{"suite": it.suite, "meta": it.meta, "score": score_item(it, p)} for it, p in zip(items, ["5", "no"])]
+        res = aggregate(scored)
+        assert res == {"toy": {"n": 2, "hit": 0.5, "primary": "hit", "value": 0.5}}
+        results = {"suite_version": S.SUITE_VERSION, "suite_key": d.name, "models": {"a": {"suites": res}}}
+        assert "| toy | hit | 0.500 |" in summary_table(results)
+        assert [p.name for p in plot_results(results, tmp_path)] == ["summary.png"]  # no plot of its own
+    finally:
+        del S.SUITES["toy"]
+    assert S.suite_config_model() is S.SuiteConfig
+    with pytest.raises(KeyError, match="unknown eval suite `toy`"):
+        aggregate(scored)
+
+
+def test_suite_names_are_checked_when_defined():
+    with pytest.raises(TypeError, match="already registered by lcdata.evals.suites.SquadSuite"):
+        class Clash(EvalSuite):
+            name = "squad"
+            primary = "f1"
+            Config = S.SquadSuite.Config
+    with pytest.raises(TypeError, match="lower_snake_case"):
+        class Reserved(EvalSuite):
+            name = "seed"
+            primary = "f1"
+            Config = S.SquadSuite.Config
+    with pytest.raises(TypeError, match="must set `primary`"):
+        class NoPrimary(EvalSuite):
+            name = "no_primary"
+            Config = S.SquadSuite.Config
+    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift"]
 
 
 def test_eval_texts_are_registered_for_decontamination(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
-"""PNG plots of `lcdata eval` results (matplotlib, Agg: no display needed)."""
+"""PNG plots of `lcdata eval` results (matplotlib, Agg: no display needed): each suite's own
+(`EvalSuite.plot`) and the summary of every suite's primary metric."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from lcdata.evals.suites import SUITES  # noqa: E402
 
-def _heat(ax: Any, grid: list[list[float]], title: str) -> None:
+
+def heatmap(ax: Any, grid: list[list[float]], title: str) -> None:
+    """``grid``: [length, depth, value] cells, drawn lengths across, depths down."""
     if not grid:
         ax.set_axis_off()
         ax.set_title(title.split(" (")[0] + ": no items", fontsize=9)
@@ -38,51 +42,11 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     labels = list(results["models"])
     suites = results["models"][labels[0]]["suites"]
     written = []
-    if "niah" in suites:
-        fig, axes = plt.subplots(len(labels), 2, figsize=(8, 3.2 * len(labels)), squeeze=False)
-        for r, m in enumerate(labels):
-            s = results["models"][m]["suites"]["niah"]
-            _heat(axes[r][0], s["grid_single"], f"{m}: single needle (acc {s['single']:.2f})")
-            _heat(axes[r][1], s["grid_multi"], f"{m}: multi-needle, per needle (acc {s['multi']:.2f})")
-        fig.suptitle("Needle in a haystack (Paul Graham essays): share of needles retrieved", fontsize=10)
-        fig.tight_layout()
-        written.append(_save(fig, out / "niah.png"))
-    if "multihop" in suites:
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
-        for m in labels:
-            s = results["models"][m]["suites"]["multihop"]
-            ax.plot([x["distance"] for x in s["by_distance"]], [x["contains"] for x in s["by_distance"]],
-                    marker="o", label=m)
-            ax2.plot([x["depth"] + 0.125 for x in s["by_depth"]], [x["contains"] for x in s["by_depth"]],
-                     marker="o", label=m)
-        ax.set_xlabel("gap between the two supporting paragraphs\n(fraction of the context)", fontsize=8)
-        ax.set_ylabel("answer found (contains)")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_title("HotpotQA at distance", fontsize=10)
-        ax2.set_xlabel("depth of the first supporting paragraph (quarter)", fontsize=8)
-        ax2.set_xlim(0, 1)
-        ax2.set_title("by depth", fontsize=10)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out / "multihop.png"))
-    if "counterfactual" in suites:
-        fig, ax = plt.subplots(figsize=(6, 0.9 + 0.6 * len(labels)))
-        cats = [("follows_context", "context", "#4c9be8"), ("follows_memory", "memory", "#e8a14c"),
-                ("both", "both", "#9b9b9b"), ("other", "other", "#dddddd")]
-        for i, m in enumerate(labels):
-            s = results["models"][m]["suites"]["counterfactual"]
-            left = 0.0
-            for key, name, color in cats:
-                v = 0.0 if math.isnan(s[key]) else s[key]
-                ax.barh(i, v, left=left, color=color, label=name if i == 0 else None)
-                left += v
-            ax.text(1.01, i, f"n={s['known']} known", va="center", fontsize=7)
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlim(0, 1.15)
-        ax.set_xlabel("answers to counterfactual contexts, over facts known closed-book")
-        ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
-        fig.tight_layout()
-        written.append(_save(fig, out / "counterfactual.png"))
+    for name, suite in SUITES.items():  # registry order: the same files, in the same order, every run
+        if name in suites:
+            p = suite.plot({m: results["models"][m]["suites"][name] for m in labels}, out)
+            if p is not None:
+                written.append(p)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     names = list(suites)
     w = 0.8 / len(labels)
@@ -95,11 +59,11 @@ def plot_results(results: dict[str, Any], out: Path) -> list[Path]:
     ax.set_title(f"lcdata eval suite v{results['suite_version']} ({results['suite_key']})", fontsize=10)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    written.append(_save(fig, out / "summary.png"))
+    written.append(save(fig, out / "summary.png"))
     return written
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -30,12 +30,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from lcdata.engine import EngineConfig, Request
-from lcdata.evals.score import PRIMARY, aggregate, score_item
+from lcdata.evals.score import aggregate, score_item
 from lcdata.evals.suites import (
     SUITE_VERSION,
-    SuiteConfig,
+    SUITES,
+    SuiteConfigBase,
     generate_suite,
     load_items,
+    suite_config_model,
     tokenizer_fingerprint,
 )
 
@@ -57,8 +59,9 @@ class EvalConfig(BaseModel):
     suite: dict[str, Any] = Field(default_factory=dict, description="Overrides of the suite config (SuiteConfig).")
     engine: EvalEngine = EvalEngine()
 
-    def suite_config(self) -> SuiteConfig:
-        return SuiteConfig.preset(self.size, **self.suite)
+    def suite_config(self) -> SuiteConfigBase:
+        # the model of the suites registered now, so a suite defined outside suites.py is known
+        return suite_config_model().preset(self.size, **self.suite)
 
 
 class EvalError(ValueError):
@@ -195,7 +198,7 @@ def evaluate(models: list[str], out: Path, cfg: EvalConfig, log: Any = print) ->
             for line in pred_file.read_text().splitlines():
                 p = json.loads(line)
                 it = items[p["id"]]
-                s = score_item({"suite": it.suite, "answers": it.answers}, p["prediction"])
+                s = score_item(it, p["prediction"])
                 rec = {"id": it.id, "suite": it.suite, "meta": it.meta, "answers": it.answers,
                        "prediction": p["prediction"], "score": s}
                 scored.append(rec)
@@ -215,15 +218,12 @@ def summary_table(results: dict[str, Any]) -> str:
     labels = list(results["models"])
     lines = ["| suite | metric | " + " | ".join(labels) + " |", "|---|---|" + "---|" * len(labels)]
     rows: list[tuple[str, str]] = []
-    for suite in PRIMARY:
-        present = [results["models"][m]["suites"].get(suite) for m in labels]
+    for name, suite in SUITES.items():
+        present = [results["models"][m]["suites"].get(name) for m in labels]
         if not any(present):
             continue
         first = next(p for p in present if p)
-        keys = {"niah": ["accuracy", "single", "multi"], "multihop": ["contains", "f1"], "squad": ["em", "f1", "contains"],
-                "counterfactual": ["closed_book_accuracy", "follows_context", "follows_memory", "follows_context_all"],
-                "lift": ["contains"]}[suite]
-        rows += [(suite, k) for k in keys if k in first]
+        rows += [(name, k) for k in suite.summary or (suite.primary,) if k in first]
     for suite, k in rows:
         vals = []
         for m in labels:

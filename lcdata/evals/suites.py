@@ -1,5 +1,6 @@
-"""The evaluation suites: items generated once per (suite version, config, tokenizer), with a
-fixed seed, and cached as JSONL (peers regenerate theirs on every run).
+"""The built-in evaluation suites, one `EvalSuite` class each (see base.py), and the suite
+cache: items generated once per (suite version, config, tokenizer, window), with a fixed
+seed, and cached as JSONL (peers regenerate theirs on every run).
 
 Every item is a chat prompt (one user turn, in the dataset's own document/question format)
 plus the references its scorer needs. Haystacks are real text: the Paul Graham essays of
@@ -15,109 +16,46 @@ samples that share 13-grams with them, and with HotpotQA/SQuAD dev and this suit
   counterfactual version: does the model follow the context or its memory?
 - ``lift``: facts inserted in one long essay excerpt (``lift_document.txt``), asked *without*
   the document: a model trained on that document's segments (LIFT) should know them.
+
+A new suite is one more `EvalSuite` subclass here (or in a module imported before use): it
+appears in `SuiteConfig`, `generate_suite`, scoring, results, summary.md and plots.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
+from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lcdata.evals.base import (
+    SUITES,
+    EvalItem,
+    EvalSuite,
+    SuiteConfigBase,
+    contains,
+    mean,
+    qa_scores,
+    suite_class,
+    suite_config_model,
+)
 from lcdata.read.corpora import eval_data_dir
 from lcdata.tasks.base import DOC_CLOSE, DOC_OPEN, WORDS
 from lcdata.tokenize import ChatTokenizer
 
 # Bump when an item generator changes: cached suites and results carry it.
 SUITE_VERSION = "1"
-SUITES = ("niah", "multihop", "squad", "counterfactual", "lift")
 FACTS_FILE = Path(__file__).with_name("facts.json")
-
-
-class NIAHSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    lengths: list[int] = Field([1024, 2048, 4096, 8000], description="Prompt lengths in tokens (rendered chat prompt).")
-    depths: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
-    needles: list[int] = Field([1, 3], description="Needles per item: 1 = single, >1 = multi-needle (all are asked).")
-    repeats: int = Field(1, ge=1, description="Items per (length, depth, needles) cell, on different haystacks.")
-
-
-class MultihopSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    length: int = 4096
-    distances: list[float] = Field([0.0, 0.25, 0.5, 0.9], description="Gap between the two supporting "
-                                   "paragraphs as a fraction of the context (0 = adjacent).")
-    per_distance: int = 8
-    distractors: int = 2
-
-
-class SquadSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n: int = 50
-
-
-class CounterfactualSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    n: int = Field(40, description="Facts (of lcdata/evals/facts.json), each asked closed-book and against a context.")
-
-
-class LiftSuite(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    doc_tokens: int = Field(2048, description="Length of the document the LIFT model is trained on.")
-    n_facts: int = 8
-
-
-class SuiteConfig(BaseModel):
-    """What `lcdata eval` generates; `size` picks defaults, fields override them."""
-
-    model_config = ConfigDict(extra="forbid")
-    seed: int = 0
-    suites: list[Literal["niah", "multihop", "squad", "counterfactual", "lift"]] = list(SUITES)
-    niah: NIAHSuite = NIAHSuite()
-    multihop: MultihopSuite = MultihopSuite()
-    squad: SquadSuite = SquadSuite()
-    counterfactual: CounterfactualSuite = CounterfactualSuite()
-    lift: LiftSuite = LiftSuite()
-
-    @model_validator(mode="after")
-    def _check(self) -> SuiteConfig:
-        for d in self.niah.depths:
-            if not 0 <= d <= 1:
-                raise ValueError(f"niah.depths must lie in [0, 1], got {d}")
-        for d in self.multihop.distances:
-            if not 0 <= d < 1:
-                raise ValueError(f"multihop.distances must lie in [0, 1), got {d}")
-        return self
-
-    @classmethod
-    def preset(cls, size: str, **kw: Any) -> SuiteConfig:
-        if size == "full":
-            return cls(**kw)
-        if size == "small":  # `make demo` and the tests: about a minute per model on 2 CPU cores
-            base: dict[str, Any] = dict(
-                niah=NIAHSuite(lengths=[1024, 2048, 4096], depths=[0.0, 0.5, 1.0], needles=[1, 3]),
-                multihop=MultihopSuite(length=2048, distances=[0.0, 0.5], per_distance=3),
-                squad=SquadSuite(n=8), counterfactual=CounterfactualSuite(n=10), lift=LiftSuite(doc_tokens=1024, n_facts=4))
-            return cls(**{**base, **kw})
-        raise ValueError(f"unknown suite size `{size}`; use `small` or `full`")
-
-
-@dataclass
-class EvalItem:
-    id: str
-    suite: str
-    messages: list[dict[str, str]]
-    answers: list[str]  # references; niah: the needle values, counterfactual: [memory, context]
-    max_tokens: int = 64
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------ haystack text
@@ -195,44 +133,237 @@ def _join(sents: list[str], inserts: dict[int, list[str]]) -> tuple[str, dict[st
     return " ".join(out), pos
 
 
-# ------------------------------------------------------------------ generators
-def niah_items(cfg: NIAHSuite, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
-    hs = Haystack(tok)
-    for length in cfg.lengths:
-        if length > window:
-            raise ValueError(f"niah length {length} exceeds the model's window minus the answer ({window} tokens); "
-                             "lower `niah.lengths`")
-        for k in cfg.needles:
-            for depth in cfg.depths:
-                for r in range(cfg.repeats):
-                    rng = random.Random(f"niah/{seed}/{length}/{k}/{depth}/{r}")
-                    keys = rng.sample(WORDS, k)
-                    values = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
-                    needles = [f"The special magic number for {key} is {v}." for key, v in zip(keys, values, strict=True)]
-                    # the first needle at the cell's depth, the others spread over the rest
-                    depths = [depth] + [(depth + (j + 1) / k) % 1.0 for j in range(k - 1)]
-                    names = ", ".join(keys[:-1]) + (" and " if k > 1 else "") + keys[-1]
-                    q = (f"What is the special magic number for {keys[0]} mentioned in the document?" if k == 1 else
-                         f"What are the special magic numbers for {names} mentioned in the document?")
-                    q += " Answer with the number only." if k == 1 else " Answer with the numbers only."
-                    hay = hs.take(rng, length)
+# ------------------------------------------------------------------ the suites
+class NIAHSuite(EvalSuite):
+    """Needles in real haystacks: retrieval at depth and length, single and multi-needle."""
 
-                    def build(h: list[str], needles: list[str] = needles, depths: list[float] = depths,
-                              q: str = q) -> list[dict[str, str]]:
-                        ins: dict[int, list[str]] = {}
-                        for nd, d in zip(needles, depths, strict=True):
-                            ins.setdefault(round(d * len(h)), []).append(nd)
-                        return _prompt(_join(h, ins)[0], q)
+    name = "niah"
+    primary = "accuracy"
+    summary = ("accuracy", "single", "multi")
 
-                    msgs, hay, n = _fit(tok, length, hay, build)
-                    text = msgs[0]["content"][len(DOC_OPEN):-len(DOC_CLOSE + q)]
-                    char_depths = [text.find(nd) / max(1, len(text)) for nd in needles]
-                    yield EvalItem(
-                        id=f"niah/{length}/{k}/{depth:g}/{r}", suite="niah", messages=msgs, answers=values,
-                        max_tokens=16 + 12 * k,
-                        meta={"length": length, "prompt_tokens": n, "needles": k, "depth": depth,
-                              "needle_depths": [round(d, 4) for d in depths], "char_depths": [round(d, 4) for d in char_depths],
-                              "keys": keys})
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        lengths: list[int] = Field([1024, 2048, 4096, 8000], description="Prompt lengths in tokens (rendered chat prompt).")
+        depths: list[float] = [0.0, 0.25, 0.5, 0.75, 1.0]
+        needles: list[int] = Field([1, 3], description="Needles per item: 1 = single, >1 = multi-needle (all are asked).")
+        repeats: int = Field(1, ge=1, description="Items per (length, depth, needles) cell, on different haystacks.")
+
+        @field_validator("depths")
+        @classmethod
+        def _depths(cls, v: list[float]) -> list[float]:
+            for d in v:
+                if not 0 <= d <= 1:
+                    raise ValueError(f"niah.depths must lie in [0, 1], got {d}")
+            return v
+
+    small = dict(lengths=[1024, 2048, 4096], depths=[0.0, 0.5, 1.0], needles=[1, 3])
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        hs = Haystack(tok)
+        for length in cfg.lengths:
+            if length > window:
+                raise ValueError(f"niah length {length} exceeds the model's window minus the answer ({window} tokens); "
+                                 "lower `niah.lengths`")
+            for k in cfg.needles:
+                for depth in cfg.depths:
+                    for r in range(cfg.repeats):
+                        yield cls._item(tok, hs, seed, length, k, depth, r)
+
+    @classmethod
+    def _item(cls, tok: ChatTokenizer, hs: Haystack, seed: int, length: int, k: int, depth: float, r: int) -> EvalItem:
+        rng = random.Random(f"niah/{seed}/{length}/{k}/{depth}/{r}")
+        keys = rng.sample(WORDS, k)
+        values = [str(rng.randrange(1_000_000, 10_000_000)) for _ in keys]
+        needles = [f"The special magic number for {key} is {v}." for key, v in zip(keys, values, strict=True)]
+        # the first needle at the cell's depth, the others spread over the rest
+        depths = [depth] + [(depth + (j + 1) / k) % 1.0 for j in range(k - 1)]
+        names = ", ".join(keys[:-1]) + (" and " if k > 1 else "") + keys[-1]
+        q = (f"What is the special magic number for {keys[0]} mentioned in the document?" if k == 1 else
+             f"What are the special magic numbers for {names} mentioned in the document?")
+        q += " Answer with the number only." if k == 1 else " Answer with the numbers only."
+        hay = hs.take(rng, length)
+
+        def build(h: list[str]) -> list[dict[str, str]]:
+            ins: dict[int, list[str]] = {}
+            for nd, d in zip(needles, depths, strict=True):
+                ins.setdefault(round(d * len(h)), []).append(nd)
+            return _prompt(_join(h, ins)[0], q)
+
+        msgs, hay, n = _fit(tok, length, hay, build)
+        text = msgs[0]["content"][len(DOC_OPEN):-len(DOC_CLOSE + q)]
+        char_depths = [text.find(nd) / max(1, len(text)) for nd in needles]
+        return EvalItem(
+            id=f"niah/{length}/{k}/{depth:g}/{r}", suite=cls.name, messages=msgs, answers=values,
+            max_tokens=16 + 12 * k,
+            meta={"length": length, "prompt_tokens": n, "needles": k, "depth": depth,
+                  "needle_depths": [round(d, 4) for d in depths], "char_depths": [round(d, 4) for d in char_depths],
+                  "keys": keys})
+
+    @classmethod
+    def score(cls, item: EvalItem, pred: str) -> dict[str, Any]:
+        return niah_scores(pred, item.answers)
+
+    @classmethod
+    def aggregate(cls, items: list[dict[str, Any]]) -> dict[str, Any]:
+        # every needle counts at its own depth (multi-needle items have needles elsewhere too)
+        cells: dict[tuple[int, float], list[float]] = defaultdict(list)
+        for it in items:
+            if it["meta"]["needles"] == 1:
+                cells[(it["meta"]["length"], it["meta"]["depth"])].append(it["score"]["accuracy"])
+        grid = sorted({d for _, d in cells})
+        multi: dict[tuple[int, float], list[float]] = defaultdict(list)
+        for it in items:
+            if it["meta"]["needles"] > 1:
+                for f, d in zip(it["score"]["found"], it["meta"]["needle_depths"], strict=True):
+                    near = min(grid or [d], key=lambda g, d=d: abs(g - d))
+                    multi[(it["meta"]["length"], near)].append(float(f))
+        return {
+            "n": len(items),
+            "accuracy": mean([it["score"]["accuracy"] for it in items]),
+            "single": mean([it["score"]["accuracy"] for it in items if it["meta"]["needles"] == 1]),
+            "multi": mean([it["score"]["accuracy"] for it in items if it["meta"]["needles"] > 1]),
+            "grid_single": [[length, depth, mean(v)] for (length, depth), v in sorted(cells.items())],
+            "grid_multi": [[length, depth, mean(v)] for (length, depth), v in sorted(multi.items())],
+        }
+
+    @classmethod
+    def plot(cls, by_model: dict[str, dict[str, Any]], out: Path) -> Path | None:
+        from lcdata.evals.plots import heatmap, plt, save
+
+        fig, axes = plt.subplots(len(by_model), 2, figsize=(8, 3.2 * len(by_model)), squeeze=False)
+        for r, (m, s) in enumerate(by_model.items()):
+            heatmap(axes[r][0], s["grid_single"], f"{m}: single needle (acc {s['single']:.2f})")
+            heatmap(axes[r][1], s["grid_multi"], f"{m}: multi-needle, per needle (acc {s['multi']:.2f})")
+        fig.suptitle("Needle in a haystack (Paul Graham essays): share of needles retrieved", fontsize=10)
+        fig.tight_layout()
+        return save(fig, out / "niah.png")
+
+
+def niah_scores(pred: str, values: list[str]) -> dict[str, Any]:
+    found = [v in re.sub(r"[\s,]", "", pred) for v in values]  # "4,821,003" counts as 4821003
+    return {"found": found, "accuracy": sum(found) / len(found), "all": float(all(found))}
+
+
+class QASuite(EvalSuite):
+    """Short-answer questions: EM, F1 and `contains` on the best reference (not registered:
+    no name)."""
+
+    @classmethod
+    def score(cls, item: EvalItem, pred: str) -> dict[str, Any]:
+        return qa_scores(pred, item.answers)
+
+
+class MultihopSuite(QASuite):
+    """HotpotQA dev questions, their two supporting paragraphs a controlled distance apart."""
+
+    name = "multihop"
+    primary = "contains"
+    summary = ("contains", "f1")
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        length: int = 4096
+        distances: list[float] = Field([0.0, 0.25, 0.5, 0.9], description="Gap between the two supporting "
+                                       "paragraphs as a fraction of the context (0 = adjacent).")
+        per_distance: int = 8
+        distractors: int = 2
+
+        @field_validator("distances")
+        @classmethod
+        def _distances(cls, v: list[float]) -> list[float]:
+            for d in v:
+                if not 0 <= d < 1:
+                    raise ValueError(f"multihop.distances must lie in [0, 1), got {d}")
+            return v
+
+    small = dict(length=2048, distances=[0.0, 0.5], per_distance=3)
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        if cfg.length > window:
+            raise ValueError(f"multihop length {cfg.length} exceeds the model's window minus the answer ({window}); "
+                             "lower `multihop.length`")
+        rows = _hotpot_rows()
+        hs = Haystack(tok)
+        picked = random.Random(f"multihop/{seed}").sample(rows, len(cfg.distances) * cfg.per_distance)
+        for di, dist in enumerate(cfg.distances):
+            for j in range(cfg.per_distance):
+                yield cls._item(cfg, tok, hs, seed, picked[di * cfg.per_distance + j], dist)
+
+    @classmethod
+    def _item(cls, cfg: Config, tok: ChatTokenizer, hs: Haystack, seed: int, row: dict[str, Any],
+              dist: float) -> EvalItem:
+        rng = random.Random(f"multihop/{seed}/{row['_id']}/{dist}")
+        paras = {t: (t + ": " + "".join(s).strip()) for t, s in row["context"]}
+        a, b = list(dict.fromkeys(t for t, _ in row["supporting_facts"]))
+        if rng.random() < 0.5:
+            a, b = b, a
+        distract = rng.sample([t for t in paras if t not in (a, b)], min(cfg.distractors, len(paras) - 2))
+        d1 = rng.uniform(0, 1 - dist)
+        d_distract = [rng.random() for _ in distract]
+        q = row["question"].strip() + " Answer with a few words only."
+        # budget: the haystack gets what the paragraphs and the prompt leave over
+        fixed = sum(tok.count([paras[t] for t in [a, b, *distract]])) + 80
+        hay = hs.take(rng, max(64, cfg.length - fixed))
+
+        def build(h: list[str]) -> list[dict[str, str]]:
+            ins: dict[int, list[str]] = {}
+            ia = round(d1 * len(h))
+            ins.setdefault(ia, []).append(paras[a])
+            # adjacent: right after A; otherwise `dist` of the sentences later
+            ins.setdefault(min(len(h), ia + round(dist * len(h))), []).append(paras[b])
+            for t, d in zip(distract, d_distract, strict=True):
+                ins.setdefault(round(d * len(h)), []).insert(0, paras[t])
+            return _prompt(_join(h, ins)[0], q)
+
+        msgs, hay, n = _fit(tok, cfg.length, hay, build)
+        text = msgs[0]["content"]
+        pa, pb = text.find(paras[a]), text.find(paras[b])
+        gap_tokens = tok.count([text[min(pa, pb):max(pa, pb)]])[0]
+        return EvalItem(
+            id=f"multihop/{dist:g}/{row['_id']}", suite=cls.name, messages=msgs, answers=[str(row["answer"]).strip()],
+            max_tokens=32,
+            meta={"distance": dist, "distance_tokens": gap_tokens, "depth": round(d1, 4), "prompt_tokens": n,
+                  "qa_id": row["_id"], "type": row.get("type", "")})
+
+    @classmethod
+    def aggregate(cls, items: list[dict[str, Any]]) -> dict[str, Any]:
+        res = super().aggregate(items)
+        dist: dict[float, list[dict[str, Any]]] = defaultdict(list)
+        for it in items:
+            dist[it["meta"]["distance"]].append(it)
+        res["by_distance"] = [
+            {"distance": d, "n": len(v), "contains": mean([x["score"]["contains"] for x in v]),
+             "f1": mean([x["score"]["f1"] for x in v]),
+             "distance_tokens": mean([x["meta"]["distance_tokens"] for x in v])}
+            for d, v in sorted(dist.items())]
+        res["by_depth"] = [
+            {"depth": b / 4, "n": len(v), "contains": mean([x["score"]["contains"] for x in v])}
+            for b in range(4)
+            if (v := [x for x in items if b / 4 <= x["meta"]["depth"] < (b + 1) / 4 or (b == 3 and x["meta"]["depth"] == 1)])]
+        return res
+
+    @classmethod
+    def plot(cls, by_model: dict[str, dict[str, Any]], out: Path) -> Path | None:
+        from lcdata.evals.plots import plt, save
+
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+        for m, s in by_model.items():
+            ax.plot([x["distance"] for x in s["by_distance"]], [x["contains"] for x in s["by_distance"]],
+                    marker="o", label=m)
+            ax2.plot([x["depth"] + 0.125 for x in s["by_depth"]], [x["contains"] for x in s["by_depth"]],
+                     marker="o", label=m)
+        ax.set_xlabel("gap between the two supporting paragraphs\n(fraction of the context)", fontsize=8)
+        ax.set_ylabel("answer found (contains)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("HotpotQA at distance", fontsize=10)
+        ax2.set_xlabel("depth of the first supporting paragraph (quarter)", fontsize=8)
+        ax2.set_xlim(0, 1)
+        ax2.set_title("by depth", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save(fig, out / "multihop.png")
 
 
 def _hotpot_rows() -> list[dict[str, Any]]:
@@ -249,101 +380,166 @@ def _hotpot_rows() -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: r["_id"])
 
 
-def multihop_items(cfg: MultihopSuite, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
-    if cfg.length > window:
-        raise ValueError(f"multihop length {cfg.length} exceeds the model's window minus the answer ({window}); "
-                         "lower `multihop.length`")
-    rows = _hotpot_rows()
-    hs = Haystack(tok)
-    picked = random.Random(f"multihop/{seed}").sample(rows, len(cfg.distances) * cfg.per_distance)
-    for di, dist in enumerate(cfg.distances):
-        for j in range(cfg.per_distance):
-            row = picked[di * cfg.per_distance + j]
-            rng = random.Random(f"multihop/{seed}/{row['_id']}/{dist}")
-            paras = {t: (t + ": " + "".join(s).strip()) for t, s in row["context"]}
-            a, b = list(dict.fromkeys(t for t, _ in row["supporting_facts"]))
-            if rng.random() < 0.5:
-                a, b = b, a
-            distract = rng.sample([t for t in paras if t not in (a, b)], min(cfg.distractors, len(paras) - 2))
-            d1 = rng.uniform(0, 1 - dist)
-            d_distract = [rng.random() for _ in distract]
-            q = row["question"].strip() + " Answer with a few words only."
-            # budget: the haystack gets what the paragraphs and the prompt leave over
-            fixed = sum(tok.count([paras[t] for t in [a, b, *distract]])) + 80
-            hay = hs.take(rng, max(64, cfg.length - fixed))
+class SquadSuite(QASuite):
+    """SQuAD 2.0 dev answerable questions with their own passage: short-context retention."""
 
-            def build(h: list[str], a: str = a, b: str = b, d1: float = d1, dist: float = dist,
-                      distract: list[str] = distract, dd: list[float] = d_distract, q: str = q,
-                      paras: dict[str, str] = paras) -> list[dict[str, str]]:
-                ins: dict[int, list[str]] = {}
-                ia = round(d1 * len(h))
-                ins.setdefault(ia, []).append(paras[a])
-                # adjacent: right after A; otherwise `dist` of the sentences later
-                ins.setdefault(min(len(h), ia + round(dist * len(h))), []).append(paras[b])
-                for t, d in zip(distract, dd, strict=True):
-                    ins.setdefault(round(d * len(h)), []).insert(0, paras[t])
-                return _prompt(_join(h, ins)[0], q)
+    name = "squad"
+    primary = "f1"
+    summary = ("em", "f1", "contains")
 
-            msgs, hay, n = _fit(tok, cfg.length, hay, build)
-            text = msgs[0]["content"]
-            pa, pb = text.find(paras[a]), text.find(paras[b])
-            gap_tokens = tok.count([text[min(pa, pb):max(pa, pb)]])[0]
-            yield EvalItem(
-                id=f"multihop/{dist:g}/{row['_id']}", suite="multihop", messages=msgs, answers=[str(row["answer"]).strip()],
-                max_tokens=32,
-                meta={"distance": dist, "distance_tokens": gap_tokens, "depth": round(d1, 4), "prompt_tokens": n,
-                      "qa_id": row["_id"], "type": row.get("type", "")})
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = 50
+
+    small = dict(n=8)
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        data = json.loads((eval_data_dir() / "squad.json").read_text())["data"]
+        qs = [(p["context"], qa) for art in data for p in art["paragraphs"] for qa in p["qas"]
+              if not qa.get("is_impossible") and qa["answers"]]
+        qs.sort(key=lambda x: x[1]["id"])
+        for ctx, qa in random.Random(f"squad/{seed}").sample(qs, min(cfg.n, len(qs))):
+            answers = list(dict.fromkeys(a["text"].strip() for a in qa["answers"]))
+            yield EvalItem(id=f"squad/{qa['id']}", suite=cls.name,
+                           messages=_prompt(ctx.strip(), qa["question"].strip() + " Answer with a few words only."),
+                           answers=answers, max_tokens=32, meta={"qa_id": qa["id"]})
 
 
-def squad_items(cfg: SquadSuite, seed: int) -> Iterator[EvalItem]:
-    data = json.loads((eval_data_dir() / "squad.json").read_text())["data"]
-    qs = [(p["context"], qa) for art in data for p in art["paragraphs"] for qa in p["qas"]
-          if not qa.get("is_impossible") and qa["answers"]]
-    qs.sort(key=lambda x: x[1]["id"])
-    for ctx, qa in random.Random(f"squad/{seed}").sample(qs, min(cfg.n, len(qs))):
-        answers = list(dict.fromkeys(a["text"].strip() for a in qa["answers"]))
-        yield EvalItem(id=f"squad/{qa['id']}", suite="squad",
-                       messages=_prompt(ctx.strip(), qa["question"].strip() + " Answer with a few words only."),
-                       answers=answers, max_tokens=32, meta={"qa_id": qa["id"]})
+class CounterfactualSuite(EvalSuite):
+    """Well-known facts closed-book, then against a counterfactual passage: context vs memory."""
+
+    name = "counterfactual"
+    primary = "follows_context"
+    summary = ("closed_book_accuracy", "follows_context", "follows_memory", "follows_context_all")
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        n: int = Field(40, description="Facts (of lcdata/evals/facts.json), each asked closed-book and against a context.")
+
+    small = dict(n=10)
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        facts = load_facts()
+        for i in sorted(random.Random(f"cf/{seed}").sample(range(len(facts)), min(cfg.n, len(facts)))):
+            f = facts[i]
+            q = f["q"] + " Answer with a few words only."
+            ans = [f["memory"], f["context"]]
+            yield EvalItem(id=f"counterfactual/closed/{i}", suite=cls.name, messages=[{"role": "user", "content": q}],
+                           answers=ans, max_tokens=24, meta={"fact": i, "mode": "closed"})
+            yield EvalItem(id=f"counterfactual/context/{i}", suite=cls.name,
+                           messages=_prompt(f["statement"].format(x=f["context"]), q),
+                           answers=ans, max_tokens=24, meta={"fact": i, "mode": "context"})
+
+    @classmethod
+    def score(cls, item: EvalItem, pred: str) -> dict[str, Any]:
+        memory, context = item.answers
+        return {"class": counterfactual_class(pred, memory, context), "memory": contains(pred, memory)}
+
+    @classmethod
+    def aggregate(cls, items: list[dict[str, Any]]) -> dict[str, Any]:
+        closed = {it["meta"]["fact"]: it for it in items if it["meta"]["mode"] == "closed"}
+        ctx = [it for it in items if it["meta"]["mode"] == "context"]
+        known = [it for it in ctx if closed.get(it["meta"]["fact"], {}).get("score", {}).get("memory")]
+        classes: dict[str, int] = defaultdict(int)
+        for it in known:
+            classes[it["score"]["class"]] += 1
+        nk = max(1, len(known))
+        return {
+            "n": len(ctx), "closed_book_accuracy": mean([c["score"]["memory"] for c in closed.values()]),
+            "known": len(known),
+            # among the facts the model knows closed-book: which version does it answer?
+            "follows_context": round(classes["context"] / nk, 4) if known else float("nan"),
+            "follows_memory": round(classes["memory"] / nk, 4) if known else float("nan"),
+            "both": round(classes["both"] / nk, 4) if known else float("nan"),
+            "other": round(classes["other"] / nk, 4) if known else float("nan"),
+            "follows_context_all": mean([float(it["score"]["class"] == "context") for it in ctx]),
+        }
+
+    @classmethod
+    def plot(cls, by_model: dict[str, dict[str, Any]], out: Path) -> Path | None:
+        from lcdata.evals.plots import plt, save
+
+        fig, ax = plt.subplots(figsize=(6, 0.9 + 0.6 * len(by_model)))
+        cats = [("follows_context", "context", "#4c9be8"), ("follows_memory", "memory", "#e8a14c"),
+                ("both", "both", "#9b9b9b"), ("other", "other", "#dddddd")]
+        for i, s in enumerate(by_model.values()):
+            left = 0.0
+            for key, label, color in cats:
+                v = 0.0 if math.isnan(s[key]) else s[key]
+                ax.barh(i, v, left=left, color=color, label=label if i == 0 else None)
+                left += v
+            ax.text(1.01, i, f"n={s['known']} known", va="center", fontsize=7)
+        ax.set_yticks(range(len(by_model)), list(by_model))
+        ax.set_xlim(0, 1.15)
+        ax.set_xlabel("answers to counterfactual contexts, over facts known closed-book")
+        ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.0))
+        fig.tight_layout()
+        return save(fig, out / "counterfactual.png")
+
+    @classmethod
+    def registered_texts(cls) -> Iterator[str]:
+        """The questions and the counterfactual statements. Not the true statements: "The
+        capital of France is Paris." in a training text is knowledge, not a leak."""
+        for f in load_facts():
+            yield f["q"]
+            yield f["statement"].format(x=f["context"])
 
 
 def load_facts() -> list[dict[str, str]]:
     return json.loads(FACTS_FILE.read_text())
 
 
-def counterfactual_items(cfg: CounterfactualSuite, seed: int) -> Iterator[EvalItem]:
-    facts = load_facts()
-    for i in sorted(random.Random(f"cf/{seed}").sample(range(len(facts)), min(cfg.n, len(facts)))):
-        f = facts[i]
-        q = f["q"] + " Answer with a few words only."
-        ans = [f["memory"], f["context"]]
-        yield EvalItem(id=f"counterfactual/closed/{i}", suite="counterfactual", messages=[{"role": "user", "content": q}],
-                       answers=ans, max_tokens=24, meta={"fact": i, "mode": "closed"})
-        yield EvalItem(id=f"counterfactual/context/{i}", suite="counterfactual",
-                       messages=_prompt(f["statement"].format(x=f["context"]), q),
-                       answers=ans, max_tokens=24, meta={"fact": i, "mode": "context"})
+def counterfactual_class(pred: str, memory: str, context: str) -> str:
+    m, c = contains(pred, memory), contains(pred, context)
+    return "both" if m and c else "memory" if m else "context" if c else "other"
 
 
-def lift_document(cfg: LiftSuite, tok: ChatTokenizer, seed: int) -> tuple[str, list[tuple[str, str, str]]]:
-    """One essay excerpt of ``doc_tokens`` with ``n_facts`` password facts spread through it;
-    returns the text and (key, password, fact sentence) per fact."""
-    rng = random.Random(f"lift/{seed}")
-    hay = Haystack(tok).take(rng, cfg.doc_tokens)
-    keys = rng.sample(WORDS, 2 * cfg.n_facts)
-    facts = [(k, p, f"The password for the {k} room is {p}.") for k, p in zip(keys[::2], keys[1::2], strict=True)]
-    ins: dict[int, list[str]] = {}
-    for j, (_, _, s) in enumerate(facts):
-        ins.setdefault(round((j + 0.5) / len(facts) * len(hay)), []).append(s)
-    return _join(hay, ins)[0], facts
+class LiftSuite(QASuite):
+    """Password facts in one essay excerpt, asked *without* it: did training put it in the weights?"""
+
+    name = "lift"
+    primary = "contains"
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        doc_tokens: int = Field(2048, description="Length of the document the LIFT model is trained on.")
+        n_facts: int = 8
+
+    small = dict(doc_tokens=1024, n_facts=4)
+
+    @classmethod
+    def document(cls, cfg: Config, tok: ChatTokenizer, seed: int) -> tuple[str, list[tuple[str, str, str]]]:
+        """One essay excerpt of ``doc_tokens`` with ``n_facts`` password facts spread through it;
+        returns the text and (key, password, fact sentence) per fact."""
+        rng = random.Random(f"lift/{seed}")
+        hay = Haystack(tok).take(rng, cfg.doc_tokens)
+        keys = rng.sample(WORDS, 2 * cfg.n_facts)
+        facts = [(k, p, f"The password for the {k} room is {p}.") for k, p in zip(keys[::2], keys[1::2], strict=True)]
+        ins: dict[int, list[str]] = {}
+        for j, (_, _, s) in enumerate(facts):
+            ins.setdefault(round((j + 0.5) / len(facts) * len(hay)), []).append(s)
+        return _join(hay, ins)[0], facts
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        _, facts = cls.document(cfg, tok, seed)
+        for j, (k, p, _) in enumerate(facts):
+            yield EvalItem(id=f"lift/{j}", suite=cls.name,
+                           messages=[{"role": "user", "content": f"In the essay you studied, what is the password for the {k} room? "
+                                                                 "Answer with one word."}],
+                           answers=[p], max_tokens=12, meta={"key": k})
+
+    @classmethod
+    def files(cls, cfg: Config, tok: ChatTokenizer, seed: int) -> dict[str, str]:
+        # the document a LIFT run trains on (experiments/lift_probe.yaml reads it from OUT/suite/)
+        return {"lift_document.txt": cls.document(cfg, tok, seed)[0] + "\n"}
 
 
-def lift_items(cfg: LiftSuite, tok: ChatTokenizer, seed: int) -> Iterator[EvalItem]:
-    _, facts = lift_document(cfg, tok, seed)
-    for j, (k, p, _) in enumerate(facts):
-        yield EvalItem(id=f"lift/{j}", suite="lift",
-                       messages=[{"role": "user", "content": f"In the essay you studied, what is the password for the {k} room? "
-                                                             "Answer with one word."}],
-                       answers=[p], max_tokens=12, meta={"key": k})
+# Generated from the registry: one field per suite above, with its Config's defaults. A suite
+# registered later (another module) is in `suite_config_model()`, which `lcdata eval` uses.
+SuiteConfig = suite_config_model()
 
 
 # ------------------------------------------------------------------ cache
@@ -356,7 +552,7 @@ def tokenizer_fingerprint(model_dir: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def suite_key(cfg: SuiteConfig, tokenizer_dir: str | Path, window: int) -> str:
+def suite_key(cfg: SuiteConfigBase, tokenizer_dir: str | Path, window: int) -> str:
     blob = json.dumps([SUITE_VERSION, cfg.model_dump(mode="json"), tokenizer_fingerprint(tokenizer_dir), window],
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -366,8 +562,8 @@ def cache_root() -> Path:
     return Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata")) / "eval"
 
 
-def generate_suite(cfg: SuiteConfig, tokenizer_dir: str | Path, window: int, root: Path | None = None) -> Path:
-    """The suite's directory (``suite.json``, ``<suite>.jsonl``, ``lift_document.txt``),
+def generate_suite(cfg: SuiteConfigBase, tokenizer_dir: str | Path, window: int, root: Path | None = None) -> Path:
+    """The suite's directory (``suite.json``, ``<suite>.jsonl``, each suite's extra `files`),
     generated on first use only. ``window``: the longest prompt allowed (model window minus
     the longest answer)."""
     key = suite_key(cfg, tokenizer_dir, window)
@@ -377,20 +573,14 @@ def generate_suite(cfg: SuiteConfig, tokenizer_dir: str | Path, window: int, roo
     tok = ChatTokenizer(tokenizer_dir)
     tmp = d.with_name(f".{d.name}.{os.getpid()}.tmp")
     tmp.mkdir(parents=True, exist_ok=True)
-    gens: dict[str, Any] = {
-        "niah": lambda: niah_items(cfg.niah, tok, cfg.seed, window),
-        "multihop": lambda: multihop_items(cfg.multihop, tok, cfg.seed, window),
-        "squad": lambda: squad_items(cfg.squad, cfg.seed),
-        "counterfactual": lambda: counterfactual_items(cfg.counterfactual, cfg.seed),
-        "lift": lambda: lift_items(cfg.lift, tok, cfg.seed),
-    }
     files = {}
     for name in cfg.suites:
+        suite, scfg = suite_class(name), cfg.suite(name)
         p = tmp / f"{name}.jsonl"
-        p.write_text("".join(json.dumps(asdict(it), sort_keys=True) + "\n" for it in gens[name]()))
+        p.write_text("".join(json.dumps(asdict(it), sort_keys=True) + "\n" for it in suite.items(scfg, tok, cfg.seed, window)))
         files[name] = hashlib.sha256(p.read_bytes()).hexdigest()
-    if "lift" in cfg.suites:
-        (tmp / "lift_document.txt").write_text(lift_document(cfg.lift, tok, cfg.seed)[0] + "\n")
+        for fname, text in suite.files(scfg, tok, cfg.seed).items():
+            (tmp / fname).write_text(text)
     (tmp / "suite.json").write_text(json.dumps({
         "suite_version": SUITE_VERSION, "key": key, "config": cfg.model_dump(mode="json"),
         "tokenizer": tokenizer_fingerprint(tokenizer_dir), "window": window, "sha256": files}, indent=2) + "\n")
@@ -415,10 +605,8 @@ def load_items(suite_dir: Path, suites: list[str] | None = None) -> list[EvalIte
 
 
 def registered_texts() -> Iterator[str]:
-    """The texts this suite adds to the shipped eval sets that the decontamination index
-    already holds (HotpotQA, SQuAD, Paul Graham; its needles are random per item): the
-    counterfactual questions and statements. Not the true statements: "The capital of France
-    is Paris." in a training text is knowledge, not a leak."""
-    for f in load_facts():
-        yield f["q"]
-        yield f["statement"].format(x=f["context"])
+    """The texts the suites add to the shipped eval sets that the decontamination index
+    already holds (HotpotQA, SQuAD, Paul Graham; needles are random per item): each suite's
+    `registered_texts` (today the counterfactual questions and statements)."""
+    for suite in SUITES.values():
+        yield from suite.registered_texts()
