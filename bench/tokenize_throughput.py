@@ -16,10 +16,10 @@ from pathlib import Path
 
 from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file
 from lcdata.build import build_local
+from lcdata.chat import ChatTokenizer, TokenizeStage
 from lcdata.config import PackConfig, load_config
 from lcdata.pack import TokenStore, iter_row_batches, plan_pack
 from lcdata.schema import SAMPLE_SCHEMA, TOKENIZED_SCHEMA, Sample
-from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,10 +19,10 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from lcdata.chat import ChatTokenizer
 from lcdata.config import AssembleConfig
 from lcdata.schema import Context, Document, Part
 from lcdata.stage import Kept, Producer
-from lcdata.tokenize import ChatTokenizer
 
 _PARA_BREAK = re.compile(r"\n[ \t]*\n+")
 

@@ -35,6 +35,7 @@ import yaml
 from lcdata import __version__
 from lcdata.arrowio import ArrowWriter, open_ipc, open_ipc_mapped, sha256_file, write_json
 from lcdata.assemble import Assembler
+from lcdata.chat import ChatTokenizer, TokenizeStage
 from lcdata.config import BuildConfig, SourceConfig, dump_config
 from lcdata.engine import Engine
 from lcdata.faults import crash_point
@@ -62,7 +63,6 @@ from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
 from lcdata.stage import Lineage, RejectSink, StageStats
 from lcdata.tasks import ProgrammaticTasks
 from lcdata.tasks.synth import LLMStage
-from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 log = logging.getLogger("lcdata")
 DONE = "_DONE"

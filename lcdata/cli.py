@@ -72,7 +72,7 @@ def inspect(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
     """Summarise a built dataset with polars: tasks, lengths, evidence depth, fill, drops."""
-    from lcdata.inspect import print_summary, summarize
+    from lcdata.viewer import print_summary, summarize
 
     try:
         info = summarize(dir)
@@ -124,7 +124,7 @@ def show(
 ) -> None:
     """Print one packed row decoded per sample, the trained (loss) spans marked ⟦like this⟧;
     or, with --sample/--task, one Sample record with its evidence marked «like this»."""
-    from lcdata.inspect import find_sample, render_row, render_sample
+    from lcdata.viewer import find_sample, render_row, render_sample
 
     try:
         if sample is not None or task is not None:

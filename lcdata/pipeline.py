@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lcdata.assemble import Assembler
+from lcdata.chat import ChatTokenizer, TokenizeStage
 from lcdata.config import BuildConfig, SourceConfig
 from lcdata.engine import Engine
 from lcdata.filters.coherence import CoherenceStage
@@ -29,7 +30,6 @@ from lcdata.filters.verify import JudgeStage, VerifyStage
 from lcdata.read import ReadStage, strategy_of
 from lcdata.stage import Filter, Lineage, RejectSink, Stage
 from lcdata.tasks import TASKS, ProgrammaticTasks
-from lcdata.tokenize import ChatTokenizer, TokenizeStage
 
 # Filters of made samples, per shard and then over the whole build: their drops count as
 # samples dropped in the manifest's lineage totals.

@@ -23,7 +23,7 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tok(model_dir: Path):
-    from lcdata.tokenize import ChatTokenizer
+    from lcdata.chat import ChatTokenizer
 
     return ChatTokenizer(model_dir)
 

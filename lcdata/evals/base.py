@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 from lcdata.filters.scoring import exact_match, normalize, token_f1
 
 if TYPE_CHECKING:
-    from lcdata.tokenize import ChatTokenizer
+    from lcdata.chat import ChatTokenizer
 
 
 @dataclass

@@ -38,6 +38,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lcdata.chat import ChatTokenizer
 from lcdata.evals.base import (
     SUITES,
     EvalItem,
@@ -51,7 +52,6 @@ from lcdata.evals.base import (
 )
 from lcdata.read.corpora import eval_data_dir
 from lcdata.tasks.base import DOC_CLOSE, DOC_OPEN, WORDS
-from lcdata.tokenize import ChatTokenizer
 
 # Bump when an item generator changes: cached suites and results carry it.
 SUITE_VERSION = "1"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 
+from lcdata.chat import ChatTokenizer
 from lcdata.config import JudgeFilter, VerifyFilter
 from lcdata.engine import Engine, Request
 from lcdata.filters.scoring import score
@@ -23,7 +24,6 @@ from lcdata.schema import PURPOSE_TRAIN, Sample
 from lcdata.stage import KEEP, Filter, Verdict, reject
 from lcdata.tasks.base import DOC_CLOSE, DOC_OPEN
 from lcdata.tasks.synth import template
-from lcdata.tokenize import ChatTokenizer
 
 VERIFY_VERSION = "verify.v1"
 BRIEF = "\n\nAnswer briefly."

@@ -7,11 +7,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from lcdata.chat import ChatTokenizer
 from lcdata.schema import Context, Sample
 from lcdata.stage import Producer
 from lcdata.tasks import lift, programmatic, synth  # noqa: F401 - defining the classes registers them
 from lcdata.tasks.base import TASKS, ProgrammaticTask
-from lcdata.tokenize import ChatTokenizer
 
 
 def llm_task_kinds() -> list[str]:

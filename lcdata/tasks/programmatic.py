@@ -16,6 +16,7 @@ import random
 from pathlib import Path
 from typing import Any
 
+from lcdata.chat import ChatTokenizer
 from lcdata.config import HotpotHaystackTask, KVTrackingTask, NeedlesTask
 from lcdata.read.corpora import eval_data_dir
 from lcdata.schema import Context, Sample
@@ -28,7 +29,6 @@ from lcdata.tasks.base import (
     make_sample,
     spread_depths,
 )
-from lcdata.tokenize import ChatTokenizer
 
 
 def needles(cfg: NeedlesTask, ctx: Context, index: int, rng: random.Random, tok: ChatTokenizer,

@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
+from lcdata.chat import ChatTokenizer
 from lcdata.config import CompareTask, MultihopTask, SummaryTask
 from lcdata.engine import Engine, Request
 from lcdata.grounding import ground
 from lcdata.schema import PURPOSE_TRAIN, Context, Sample, sample_id
 from lcdata.stage import Planned, Producer
 from lcdata.tasks.base import Task, line_start_near, make_sample
-from lcdata.tokenize import ChatTokenizer
 
 TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
 _EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 6}

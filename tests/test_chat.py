@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lcdata.chat import ChatTokenizer, TemplateError
 from lcdata.schema import IGNORE_INDEX
-from lcdata.tokenize import ChatTokenizer, TemplateError
 
 CHAT = [
     {"role": "user", "content": "First question?"},

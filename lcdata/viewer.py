@@ -164,7 +164,7 @@ def read_row(dir_: Path, row: int) -> dict[str, Any]:
 
 def render_row(dir_: Path, row: int, max_chars: int = 600, markup: bool = True) -> str:
     """One packed row, sample by sample; trained (loss) spans marked; long untrained spans elided."""
-    from lcdata.tokenize import ChatTokenizer
+    from lcdata.chat import ChatTokenizer
 
     m = load_manifest(Path(dir_))
     r = read_row(dir_, row)
