@@ -15,10 +15,10 @@ import sysconfig
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from lcdata.read.base import Candidate, Drop, Source, SourceItem, Unit, single_unit, top_group
-from lcdata.read.files import FileTree, code_sort_key, decode_utf8
+from lcdata.read.files import CodeRepo, FileTree, decode_utf8
 from lcdata.schema import Document
 from lcdata.stage import Planned
 
@@ -189,9 +189,11 @@ class Shakespeare(FileTree):
             yield Candidate(doc, f"{path} ({doc.id})")
 
 
-class PythonStdlib(FileTree):
+class PythonStdlib(CodeRepo):
+    """The standard library of the running Python: a code repository that ships with it."""
+
     kind = "python_stdlib"
-    default_strategy = "concat"
+    needs_path = False
     license = "PSF-2.0"
     description = "CPython 3.11 standard library source files"
     suffixes = [".py"]
@@ -203,14 +205,6 @@ class PythonStdlib(FileTree):
     @classmethod
     def skip(cls, rel: str) -> bool:
         return is_test_path(rel)
-
-    @classmethod
-    def group_of(cls, rel: str) -> str:
-        return top_group(rel)
-
-    @classmethod
-    def sort_key(cls, rel: str) -> Any:
-        return code_sort_key(rel)
 
 
 class PythonDocs(FileTree):
