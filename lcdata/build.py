@@ -16,6 +16,7 @@ Output directory::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import itertools
@@ -193,25 +194,47 @@ class ShardOutputs:
     """The files one input shard writes, opened together: on success every one is closed
     (renamed into place), on any error every one is aborted (its temp file removed)."""
 
+    samples: ArrowWriter  # train samples
+    eval: ArrowWriter  # eval samples (never packed)
+    contexts: ArrowWriter
+    tokenized: ArrowWriter
+
     def __init__(self, out: Path, shard_id: str, work: Path) -> None:
-        self.samples = ArrowWriter(out / "samples" / f"{shard_id}.arrow", SAMPLE_SCHEMA)
-        self.eval = ArrowWriter(out / "eval" / f"{shard_id}.arrow", SAMPLE_SCHEMA)
-        self.contexts = ArrowWriter(out / "contexts" / f"{shard_id}.arrow", CONTEXT_SCHEMA)
-        self.tokenized = ArrowWriter(work / "tokenized.arrow", TOKENIZED_SCHEMA)
+        self.paths = {"samples": (out / "samples" / f"{shard_id}.arrow", SAMPLE_SCHEMA),
+                      "eval": (out / "eval" / f"{shard_id}.arrow", SAMPLE_SCHEMA),
+                      "contexts": (out / "contexts" / f"{shard_id}.arrow", CONTEXT_SCHEMA),
+                      "tokenized": (work / "tokenized.arrow", TOKENIZED_SCHEMA)}
         self.rejects = RejectSink(out / "rejects" / f"{shard_id}.arrow")
+        self.open: list[ArrowWriter] = []
 
     def __enter__(self) -> ShardOutputs:
+        try:
+            for name, (path, schema) in self.paths.items():
+                self.open.append(ArrowWriter(path, schema))
+                setattr(self, name, self.open[-1])
+        except BaseException:
+            self._abort()
+            raise
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        writers = (self.samples, self.eval, self.contexts, self.tokenized)
-        if exc_type is not None:
-            for w in writers:
+    def _abort(self) -> None:
+        for w in self.open:
+            with contextlib.suppress(Exception):  # already failing: remove every temp file
                 w.abort()
+        self.open = []
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            self._abort()
             return
-        for w in writers:
-            w.close()
-        self.rejects.close()
+        try:
+            while self.open:
+                self.open[0].close()
+                self.open.pop(0)
+            self.rejects.close()
+        except BaseException:
+            self._abort()  # the ones not renamed yet: no temp file is left behind
+            raise
 
 
 class _Batched:
@@ -460,9 +483,12 @@ def write_packed_shards(store: TokenStore, plan: PackPlan, shard_dir: Path, max_
 
 
 class Runner(Protocol):
-    """How a build launches its per-shard work; everything else is ``run_build``'s."""
+    """How a build launches its work: ``process_input_shard`` over the input shards, and
+    ``pack_and_write`` once; which steps run and in what order is ``run_build``'s."""
 
     def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]: ...
+
+    def pack(self, cfg: BuildConfig, stats: list[dict[str, Any]], out: Path) -> dict[str, Any]: ...
 
 
 class LocalRunner:
@@ -470,6 +496,9 @@ class LocalRunner:
 
     def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
         return [process_input_shard(cfg, s, out) for s in shards]
+
+    def pack(self, cfg: BuildConfig, stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+        return pack_and_write(cfg, stats, out)
 
 
 def run_build(cfg: BuildConfig, out: Path, runner: Runner | None = None, say: Any = log.info) -> dict[str, Any]:
@@ -484,8 +513,9 @@ def run_build(cfg: BuildConfig, out: Path, runner: Runner | None = None, say: An
     dd = dedup_documents(cfg, shards, out)  # whole-build step: before any shard
     if dd:
         say(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
-    stats = (runner or LocalRunner()).map_shards(cfg, shards, out)
-    return pack_and_write(cfg, stats, out)
+    runner = runner or LocalRunner()
+    stats = runner.map_shards(cfg, shards, out)
+    return runner.pack(cfg, stats, out)
 
 
 def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:

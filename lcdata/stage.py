@@ -30,8 +30,9 @@ MAX_REJECT_RECORD_CHARS = 20_000  # keep reject files small even for a 50 MB bad
 
 @dataclass
 class StageStats:
-    """Counts of one stage. ``in_ == out + sum(dropped)`` for filters; producers may
-    emit more records than they take (``out`` counts what they emitted)."""
+    """Counts of one stage. ``in_ == out + sum(dropped)`` for filters and for producers whose
+    units are planned one for one (readers, assembly, LLM tasks); others may emit more records
+    than they take (programmatic tasks: ``in`` contexts, ``out`` samples)."""
 
     in_: int = 0
     out: int = 0
@@ -159,8 +160,13 @@ class Filter(Stage[I, I]):
         return to_row() if to_row else record
 
     def run(self, records: Iterable[I]) -> Iterator[I]:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"{type(self).__name__}.batch_size must be >= 1 or None, got {self.batch_size}")
         it = iter(records)
-        while batch := list(itertools.islice(it, self.batch_size)):
+        first = True
+        # a whole-input filter answers once even for no records (its notes, e.g. histograms, exist)
+        while (batch := list(itertools.islice(it, self.batch_size))) or (first and self.batch_size is None):
+            first = False
             self.stats.in_ += len(batch)
             verdicts = self.keep_batch(batch)
             if len(verdicts) != len(batch):
@@ -214,6 +220,8 @@ class Producer(Stage[I, O]):
             if isinstance(item, Planned):
                 self.stats.in_ += item.n
             elif isinstance(item, Kept):
+                if self.counts_outputs:
+                    raise TypeError(f"{type(self).__name__} yields Kept markers: set counts_outputs = False")
                 self.stats.out += item.n
             else:
                 self.stats.out += self.counts_outputs

@@ -10,7 +10,6 @@ is missing.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,17 @@ def process_shard_task(cfg_json: dict[str, Any], shard: dict[str, Any], out: str
     return B.process_input_shard(parse_config(cfg_json), shard, Path(out))
 
 
+@task(name="pack-and-write", cache_policy=NONE)
+def pack_task(cfg_json: dict[str, Any], stats: list[dict[str, Any]], out: str) -> dict[str, Any]:
+    m = B.pack_and_write(parse_config(cfg_json), stats, Path(out))
+    _publish_artifact(m, stats, out)
+    return m
+
+
 class PrefectRunner:
     """Maps ``process_shard_task`` over the input shards on the flow's task runner (a thread
-    pool, or Dask workers); tasks get the resolved config (a small dict), one shard's file list
-    and the output path, and return small stats dicts."""
+    pool, or Dask workers), then packs in ``pack_task``; tasks get the resolved config (a
+    small dict), one shard's file list and the output path, and return small stats dicts."""
 
     def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
         futures = process_shard_task.map(unmapped(dump_config(cfg)), shards, unmapped(str(out)))
@@ -52,8 +58,11 @@ class PrefectRunner:
                 bar.advance(job)
         return stats
 
+    def pack(self, cfg: BuildConfig, stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:
+        return pack_task(dump_config(cfg), stats, str(out))
 
-def _publish_artifact(m: dict[str, Any], out: str) -> None:
+
+def _publish_artifact(m: dict[str, Any], stats: list[dict[str, Any]], out: str) -> None:
     """A table artifact per build (Prefect UI -> Artifacts): counts, drops, fill, timings."""
     from prefect.artifacts import create_table_artifact
 
@@ -61,18 +70,16 @@ def _publish_artifact(m: dict[str, Any], out: str) -> None:
              "dropped": ", ".join(f"{r}={n}" for r, n in v["dropped"].items()) or "-"}
             for k, v in m["lineage"]["stages"].items()]
     t = m["totals"]
-    seconds = sum(json.loads((Path(out) / "build_info.json").read_text())["shard_seconds"].values())
     rows.append({"stage": "TOTAL", "in": t["samples"], "out": t["rows"],
                  "dropped": f"rows {t['rows']}, tokens {t['tokens']}, fill {t['fill']:.2%}, "
-                            f"shard seconds {seconds:.1f}"})
+                            f"shard seconds {sum(s['seconds'] for s in stats):.1f}"})
     create_table_artifact(key="lcdata-build", table=rows, description=f"lcdata build {m['name']} -> {out}")
 
 
 @flow(name="lcdata-build", log_prints=True)
 def build_flow(cfg_json: dict[str, Any], out: str) -> dict[str, Any]:
-    """``lcdata.build.run_build`` with the shards mapped as Prefect tasks."""
+    """``lcdata.build.run_build`` with the shards and the pack run as Prefect tasks."""
     m = B.run_build(parse_config(cfg_json), Path(out), PrefectRunner(), say=print)
-    _publish_artifact(m, out)
     return {"totals": m["totals"], "shards": len(m["shards"])}
 
 

@@ -79,3 +79,24 @@ def test_shard_outputs_are_aborted_together_on_error(tmp_path):
         pass
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()) == [
         "contexts/s1.arrow", "eval/s1.arrow", "rejects/s1.arrow", "samples/s1.arrow", "work/s1/tokenized.arrow"]
+
+
+def test_a_failing_close_leaves_no_temp_file(tmp_path, monkeypatch):
+    from lcdata.arrowio import ArrowWriter
+
+    work = tmp_path / "work" / "s1"
+    work.mkdir(parents=True)
+    real_close = ArrowWriter.close
+    calls = []
+
+    def close(self):
+        calls.append(self.path.name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real_close(self)
+
+    monkeypatch.setattr(ArrowWriter, "close", close)
+    with pytest.raises(OSError, match="disk full"), ShardOutputs(tmp_path, "s1", work):
+        pass
+    left = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["samples/s1.arrow"]  # the one closed before the failure; no .tmp file anywhere

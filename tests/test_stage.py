@@ -129,3 +129,31 @@ def test_notes_are_kept_beside_the_counts():
     lin = Lineage()
     list(Noting().bind(lin, RejectSink(None)).run(recs(3)))
     assert lin.to_json()["even"]["notes"] == {"seen": 3}
+
+
+def test_a_whole_input_filter_answers_once_even_for_no_records():
+    class Histogram(Even):
+        name = "hist"
+        batch_size = None
+
+        def keep_batch(self, batch: list[Rec]) -> list[Verdict]:
+            self.note("calls")
+            return [KEEP for _ in batch]
+
+    lin = Lineage()
+    assert list(Histogram().bind(lin, RejectSink(None)).run([])) == []
+    assert lin.to_json()["hist"] == {"in": 0, "out": 0, "dropped": {}, "notes": {"calls": 1}}
+
+
+def test_bad_batch_size_and_misused_markers_are_refused():
+    f = Even()
+    f.batch_size = 0
+    with pytest.raises(ValueError, match="batch_size must be >= 1 or None, got 0"):
+        list(f.run(recs(2)))
+
+    class Wrong(Producer[Rec, str]):
+        def produce(self, records):
+            yield Kept()
+
+    with pytest.raises(TypeError, match="set counts_outputs = False"):
+        list(Wrong().run(recs(1)))

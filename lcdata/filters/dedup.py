@@ -62,7 +62,7 @@ def near_duplicates(items: Iterable[tuple[str, set[str]]], threshold: float, num
 
 
 class DocumentDedup(Filter[Document]):
-    """Drops the documents the whole-build pass (``find_duplicate_documents``) found to be
+    """Drops the documents the whole-build pass (``lcdata.build.dedup_documents``) found to be
     near-duplicates of an earlier one."""
 
     name = "dedup_documents"

@@ -14,10 +14,6 @@ from lcdata.tasks import lift, programmatic, synth  # noqa: F401 - defining the 
 from lcdata.tasks.base import TASKS, ProgrammaticTask
 
 
-def llm_task_kinds() -> list[str]:
-    return [k for k, t in TASKS.items() if t.uses_engine]
-
-
 class ProgrammaticTasks(Producer[Context, Sample]):
     """Every configured programmatic task on each context, in config order: ``in`` contexts,
     ``out`` samples made (train and eval)."""
