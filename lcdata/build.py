@@ -1,13 +1,17 @@
-"""The build, as plain library steps that a Prefect flow (``pipelines/build.py``) maps over
-input shards. Steps take and return paths and small dicts, never big data.
+"""The build: ``run_build(cfg, out, runner)`` is the one orchestration (plan, prepare, prune,
+document dedup, the input shards through ``runner``, whole-build filters, pack, manifest);
+the stage order it runs is declared in ``lcdata.pipeline``. Steps take and return paths and
+small dicts, never big data, so a runner can launch them anywhere (``LocalRunner`` here,
+``pipelines.build.PrefectRunner`` on threads or Dask workers).
 
 Output directory::
 
     OUT/config.yaml               the resolved config
-    OUT/samples/<shard>.arrow     Sample records made for training (messages, evidence, sources)
+    OUT/samples/<shard>.arrow     Sample records made for training (messages, question, answer, evidence)
     OUT/eval/<shard>.arrow        Sample records for evaluation only (never packed)
     OUT/contexts/<shard>.arrow    the assembled contexts (what evidence offsets point into)
-    OUT/rejects/<stage>.arrow     every dropped record with stage, reason code and message
+    OUT/rejects/<shard>.arrow     every dropped record with stage, reason code, message and record id
+    OUT/rejects/_build.arrow      the whole-build filters' drops
     OUT/work/<shard>/             tokenized samples + stats + _DONE marker (resume)
     OUT/shards/shard-00000.arrow  packed rows (PACKED_SCHEMA)
     OUT/manifest.json             written last
