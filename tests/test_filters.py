@@ -21,7 +21,7 @@ from lcdata.config import (
 from lcdata.read.corpora import eval_data_dir, shakespeare_root
 from lcdata.schema import Context, Part
 from lcdata.stage import Lineage, RejectSink
-from lcdata.tasks.base import depth_positions, insert_texts, make_sample
+from lcdata.tasks.base import Span, depth_positions, insert_texts, make_sample
 
 PLAY = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()
 TEXT = PLAY[:16000]
@@ -34,7 +34,7 @@ def qa_sample(tok, facts: list[str], depths: list[float], question: str, answer:
               index: int = 0, text: str = TEXT):
     pos = depth_positions(text, depths)
     new, parts, ins = insert_texts(text, CTX.parts, [(p, f + "\n", i) for i, (p, f) in enumerate(zip(pos, facts))])
-    ev = [(f, x.start, x.start + len(f)) for f, x in zip(facts, ins)]
+    ev = [Span(f, x.start, x.start + len(f)) for f, x in zip(facts, ins)]
     return make_sample(task=task, index=index, ctx=CTX, text=new, parts=parts, question=question, answer=answer,
                        evidence=ev, tok=tok, short_max_tokens=2048)
 

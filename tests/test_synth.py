@@ -26,7 +26,7 @@ from lcdata.schema import Context, Part
 from lcdata.stage import Lineage, RejectSink
 from lcdata.tasks import TASKS
 from lcdata.tasks.lift import segments, window
-from lcdata.tasks.synth import Job, anchor, pick_chunks, sections_of
+from lcdata.tasks.synth import Job, Passages, anchor, pick_chunks, sections_of
 
 TEXT = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()[:20000]
 CTX = Context("ctx:t:macbeth:0", "t", "macbeth", "concat", TEXT,
@@ -67,7 +67,7 @@ def test_grounded_evidence_is_kept_with_offsets_and_depth(tok):
     st, stats = stage(tok)
     chunks = pick_chunks(TEXT, 2, 1500, 0.3, random.Random(1))
     ev = [sentence_in(*chunks[0]), sentence_in(*chunks[1]).upper()]  # the second one with case slips
-    s = st.sample(CTX, 0, chunks, {}, {"question": "Q?", "answer": "A.", "evidence": ev})
+    s = st.sample(Passages(CTX, 0, chunks, {}), {"question": "Q?", "answer": "A.", "evidence": ev})
     assert s is not None and len(s.evidence) == 2
     check_evidence(s, TEXT, tok)
     assert s.meta["distance_frac"] >= 0.3 - 0.05 and s.meta["grounding"][0] == "exact"
@@ -79,9 +79,9 @@ def test_invented_or_single_chunk_evidence_is_dropped(tok):
     st, stats = stage(tok)
     chunks = pick_chunks(TEXT, 2, 1500, 0.3, random.Random(1))
     invented = {"question": "Q?", "answer": "A.", "evidence": ["Macbeth sails to Lisbon in a golden submarine."]}
-    assert st.sample(CTX, 0, chunks, {}, invented) is None
+    assert st.sample(Passages(CTX, 0, chunks, {}), invented) is None
     one = {"question": "Q?", "answer": "A.", "evidence": [sentence_in(*chunks[0])]}
-    assert st.sample(CTX, 1, chunks, {}, one) is None
+    assert st.sample(Passages(CTX, 1, chunks, {}), one) is None
     assert dict(stats.dropped) == {"evidence_not_found": 1, "evidence_single_chunk": 1}
 
 
@@ -97,13 +97,13 @@ def test_evidence_by_line_label_is_exact(tok):
     assert stats.dropped["evidence_single_chunk"] == 1
     # small models decorate labels or copy the line after them: still the labelled line
     (s,) = job.handle(job, {"question": "Q?", "answer": "A.", "evidence": ["**P1.3**", "P2.2. whatever text follows"]})
-    assert [e.start for e in s.evidence] == [job.data["labels"]["P1.3"][0], job.data["labels"]["P2.2"][0]]
+    assert [e.start for e in s.evidence] == [job.data.labels["P1.3"][0], job.data.labels["P2.2"][0]]
 
 
 def test_compare_quotes_unique_openings_and_needs_both_sections(tok):
     st, stats = stage(tok, CompareTask(chunk_chars=800))
     job = next(st.plan(CTX))
-    a1, a2 = job.data["anchors"]
+    a1, a2 = job.data.anchors
     assert TEXT.count(a1) == 1 and TEXT.count(a2) == 1
     good = {"topic": "the king", "passage_1": "Here the thanes praise the king.",
             "passage_2": "Here the king's death is mourned.", "evidence": ["P1.1", "P2.2"]}
@@ -111,7 +111,7 @@ def test_compare_quotes_unique_openings_and_needs_both_sections(tok):
     assert a1 in s.messages[0]["content"] and a2 in s.messages[0]["content"] and "the king" in s.messages[0]["content"]
     assert good["passage_1"] in s.messages[1]["content"] and good["passage_2"] in s.messages[1]["content"]
     check_evidence(s, TEXT, tok)
-    assert {e.start >= job.data["chunks"][1][0] for e in s.evidence} == {False, True}
+    assert {e.start >= job.data.chunks[1][0] for e in s.evidence} == {False, True}
     assert list(job.handle(job, good | {"evidence": ["P1.1", "P1.2"]})) == []
     assert list(job.handle(job, good | {"passage_1": ""})) == []
     assert list(job.handle(job, good | {"passage_2": "As said in P1.3, the king."})) == []
@@ -127,7 +127,7 @@ def test_summary_maps_sections_then_reduces(tok):
     assert all(b == c for (_, b), (c, _) in zip(secs, secs[1:]))  # consecutive, nothing lost
     assert len(sections_of(TEXT, 1, 5000)) == 4  # more sections when they would be too long
     jobs = list(st.plan(CTX))
-    assert len(jobs) == 3 and sum(j.units for j in jobs) == 1
+    assert len(jobs) == 3 and [len(j.sample_ids) for j in jobs] == [1, 0, 0]  # one sample, counted once
     follow: list[Job] = []
     for i, j in enumerate(jobs):
         follow += list(j.handle(j, {"summary": f"Section {i} summary."}))
@@ -170,7 +170,7 @@ def test_lift_memorization_and_qa_variants(tok):
     items = list(st.plan(CTX))
     mem = [x for x in items if not isinstance(x, Job)]
     jobs = [x for x in items if isinstance(x, Job)]
-    assert len(jobs) == 2 and jobs[0].data["k"] == 0 and jobs[1].data["k"] == len(mem) - 1
+    assert len(jobs) == 2 and jobs[0].data.index == 0 and jobs[1].data.index == len(mem) - 1
     assert "".join(s.messages[1]["content"] for s in mem) == TEXT
     for s in mem:
         assert s.task == "lift_memorize" and s.context_message == -1 and s.context_text() == ""
@@ -196,7 +196,7 @@ def test_short_qa_windows_are_short_and_rebased(tok):
     jobs = list(st.plan(CTX))
     assert len(jobs) == 3
     for j in jobs:
-        sub, (a, b) = j.data["ctx"], j.data["window"]
+        sub, (a, b) = j.data.ctx, j.data.window
         assert sub.text == TEXT[a:b] and sub.n_tokens <= 512
         for p in sub.parts:  # rebased provenance still points at the same characters
             assert sub.text[p.ctx_start:p.ctx_end] == TEXT[a + p.ctx_start:a + p.ctx_end]
