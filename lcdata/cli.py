@@ -167,7 +167,7 @@ def train(ctx: typer.Context) -> None:
 def eval_(
     models: list[str] = typer.Argument(..., help="Model directories, each DIR or LABEL=DIR (e.g. base=models/x trained=runs/y/final)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, summary.md, plots, predictions."),
-    suite: list[str] = typer.Option(None, "--suite", "-s", help="Only these suites (repeat); an unknown name is an error that lists the registered ones."),
+    suite: list[str] = typer.Option(None, "--suite", "-s", help="Only these suites (repeat): niah, multihop, squad, counterfactual, lift (an unknown name is an error listing the registered ones)."),
     size: str = typer.Option(None, "--size", help="`full` (default) or `small` (the demo's, ~1 min per model on 2 cores)."),
     config: Path = typer.Option(None, "--config", "-c", help="Eval config YAML: size, suite overrides, engine."),
 ) -> None:
