@@ -35,7 +35,9 @@ from lcdata.schema import Context, Part, Sample
 from lcdata.stage import Lineage, RejectSink, Stage
 from lcdata.tasks.base import DOC_CLOSE, make_sample
 from lcdata.tasks.lift import LiftStage, ShortQAStage
-from lcdata.tasks.synth import CompareStage, MultihopStage, SummaryStage
+from lcdata.tasks.multihop import MultihopStage
+from lcdata.tasks.summary import SummaryStage
+from lcdata.tasks.synth import CompareStage
 
 PLAY = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()
 TEXT = PLAY[:20000]

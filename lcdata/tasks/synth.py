@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -28,10 +27,10 @@ from importlib import resources
 from typing import Any, Generic, TypeVar
 
 from lcdata.chat import ChatTokenizer
-from lcdata.config import CompareTask, MultihopTask, SummaryTask
+from lcdata.config import CompareTask
 from lcdata.engine import Engine, Request
 from lcdata.grounding import ground
-from lcdata.schema import PURPOSE_TRAIN, Context, Sample, sample_id
+from lcdata.schema import Context, Sample, sample_id
 from lcdata.stage import Planned, Producer
 from lcdata.tasks.base import Task, line_start_near, make_sample
 
@@ -66,12 +65,6 @@ COMPARE_SCHEMA = {  # one field per passage: the small model keeps them apart be
     "additionalProperties": False,
 }
 _LABEL_IN_TEXT = re.compile(r"\bP\d+\.\d+\b|\bpassage\s*\d", re.I)
-SUMMARY_SCHEMA = {
-    "type": "object",
-    "properties": {"summary": {"type": "string", "maxLength": 900}},
-    "required": ["summary"],
-    "additionalProperties": False,
-}
 MIN_OUTPUT_CHARS = 20  # shorter summaries/comparisons are not worth training on
 
 
@@ -168,6 +161,7 @@ class Job(Generic[D]):
     data: D
     on_fail: Callable[[Job[D], str], None] | None = None  # default: drop every planned sample, bad_json
     attempt: int = 0
+    temperature: float | None = None  # None: the engine's; 0: greedy (checks, not writing)
 
 
 @dataclass
@@ -198,6 +192,16 @@ def bad_qa(qa: dict[str, Any]) -> str | None:
     if re.search(r"\bjson\b|\bP\d+\.\d+\b|\bpassage\s*\d", q + " " + a, re.I):
         return "the prompt's scaffolding (JSON, line labels, passage numbers) leaks into the text"
     return None
+
+
+def repetitive(text: str, n: int = 4, min_words: int = 24, max_dup_share: float = 0.5) -> bool:
+    """Whether ``text`` loops: over half of its word ``n``-grams repeat an earlier one (small
+    models at length: "The 4th section is about ... The 5th section is about ...")."""
+    words = text.lower().split()
+    if len(words) < min_words:
+        return False
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) > max_dup_share
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "array": list, "object": dict, "boolean": bool,
@@ -268,7 +272,8 @@ class LLMStage(Producer[Context, Sample], Task):
                     yield item
         while pending:
             # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
-            reqs = [Request(j.messages, j.schema, f"{j.template}#try{j.attempt}", j.max_tokens) for j in pending]
+            reqs = [Request(j.messages, j.schema, f"{j.template}#try{j.attempt}", j.max_tokens, j.temperature)
+                    for j in pending]
             texts = self.engine.generate(reqs)
             nxt: list[Job] = []
             for j, text in zip(pending, texts, strict=True):
@@ -280,8 +285,8 @@ class LLMStage(Producer[Context, Sample], Task):
                     elif j.on_fail is not None:
                         j.on_fail(j, text)
                     else:
-                        self.drop_all(j.sample_ids, "bad_json", f"no valid JSON after {j.attempt + 1} attempts",
-                                      {"output": text[:2000]})
+                        reason, why = self.bad_output(j, text)
+                        self.drop_all(j.sample_ids, reason, why, {"output": text[:2000]})
                     continue
                 for item in j.handle(j, obj):
                     if isinstance(item, Job):
@@ -290,67 +295,19 @@ class LLMStage(Producer[Context, Sample], Task):
                         yield item
             pending = nxt
 
+    def bad_output(self, j: Job[Any], text: str) -> tuple[str, str]:
+        """Why the last attempt of ``j`` is not valid JSON: ``truncated`` when it ran into the
+        job's ``max_tokens`` (raise the task's ``max_tokens``), else ``bad_json``."""
+        if self.tok.count([text])[0] >= j.max_tokens - 1:
+            return "truncated", (f"the output reached max_tokens={j.max_tokens} before its JSON closed "
+                                 f"({j.attempt + 1} attempts); raise tasks.{self.cfg.kind}.max_tokens")
+        return "bad_json", f"no valid JSON after {j.attempt + 1} attempts"
+
     def meta(self, template_version: str, **kw: Any) -> dict[str, Any]:
         return {"template": template_version, "model": self.engine.model, **kw}
 
     def user(self, prompt: str) -> list[dict[str, str]]:
         return [{"role": "user", "content": prompt}]
-
-
-class MultihopStage(LLMStage):
-    """2-4 chunks at distinct depth deciles, ``min_distance_frac`` apart; the model sees only
-    them, writes a question needing all of them and cites a line of each; the sample asks the
-    question over the *whole* context."""
-
-    kind, Config = "multihop", MultihopTask
-
-    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
-        tpl = template(TEMPLATE_VERSION)
-        for i in range(self.cfg.per_context):
-            rng = random.Random(f"{self.seed}:multihop:{ctx.id}:{i}")
-            n = rng.randint(self.cfg.min_chunks, self.cfg.max_chunks)
-            chunks = pick_chunks(ctx.text, n, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
-            uid = sample_id("multihop", ctx.id, i)
-            if chunks is None:
-                yield Planned()
-                self.drop(uid, "no_room",
-                          f"{ctx.id}: {len(ctx.text):,} chars cannot hold {n} chunks of {self.cfg.chunk_chars} "
-                          f"chars {self.cfg.min_distance_frac:.0%} apart; lower tasks.multihop.chunk_chars or "
-                          "min_distance_frac, or use longer buckets", {"context": ctx.id})
-                continue
-            passages, labels = label_lines(ctx.text, chunks)
-            prompt = tpl.format(n=len(chunks), source=ctx.source, passages=passages)
-            yield Job([uid], self.user(prompt), TEMPLATE_VERSION, SCHEMA, self.cfg.max_tokens, self._handle,
-                      Passages(ctx, i, chunks, labels))
-
-    def _handle(self, j: Job[Passages], obj: dict[str, Any]) -> Iterator[Sample]:
-        s = self.sample(j.data, obj)
-        if s is not None:
-            yield s
-
-    def sample(self, p: Passages, obj: dict[str, Any]) -> Sample | None:
-        ctx, index, chunks, labels = p.ctx, p.index, p.chunks, p.labels
-        sid = sample_id("multihop", ctx.id, index)
-        text = ctx.text
-        why = bad_qa(obj)
-        if why:
-            self.drop(sid, "empty_output" if "empty" in why else "degenerate_output", why, {"output": obj})
-            return None
-        found = resolve_evidence(text, chunks, labels, obj["evidence"])
-        if not found:
-            self.drop(sid, "evidence_not_found", "no evidence sentence could be located in the chosen chunks",
-                      {"output": obj, "chunks": chunks})
-            return None
-        if len({f.chunk for f in found}) < 2:
-            self.drop(sid, "evidence_single_chunk", "the located evidence comes from one chunk only: not multi-hop",
-                      {"output": obj, "chunks": chunks})
-            return None
-        return make_sample(
-            task="multihop", index=index, ctx=ctx, text=text, parts=ctx.parts,
-            question=str(obj["question"]).strip(), answer=str(obj["answer"]).strip(),
-            evidence=found, tok=self.tok, short_max_tokens=self.short_max,
-            purpose=PURPOSE_TRAIN, meta=self.meta(TEMPLATE_VERSION, chunks=chunks, grounding=[f.method for f in found]),
-        )
 
 
 def anchor(text: str, start: int, end: int, max_chars: int = 70, look: int = 6) -> str | None:
@@ -424,79 +381,3 @@ class CompareStage(LLMStage):
             short_max_tokens=self.short_max,
             meta=self.meta(self.VERSION, chunks=chunks, topic=topic, grounding=[f.method for f in found]),
         )
-
-
-def sections_of(text: str, n_min: int, max_chars: int) -> list[tuple[int, int]]:
-    """Consecutive line-aligned sections covering ``text``: at least ``n_min``, each about
-    ``<= max_chars``."""
-    n = max(n_min, math.ceil(len(text) / max_chars))
-    cuts = sorted({0, *(line_start_near(text, len(text) * k // n) for k in range(1, n)), len(text)})
-    return [(a, b) for a, b in zip(cuts, cuts[1:], strict=False) if text[a:b].strip()]
-
-
-class SummaryStage(LLMStage):
-    """Map-reduce global summary: every section summarized alone, then the section summaries
-    combined. Works for contexts longer than the generator's own window."""
-
-    kind, Config = "summary", SummaryTask
-
-    MAP, REDUCE = "summary_section.v1", "summary_global.v1"
-    QUESTION = "Summarize the whole document in one paragraph."
-
-    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
-        if self.cfg.per_context < 1:
-            return
-        secs = sections_of(ctx.text, self.cfg.sections, self.cfg.max_section_chars)
-        state = SummaryState(ctx, sample_id("summary", ctx.id, 0), secs, [None] * len(secs))
-        tpl = template(self.MAP)
-        for i, (a, b) in enumerate(secs):
-            prompt = tpl.format(i=i + 1, n=len(secs), source=ctx.source, section=ctx.text[a:b].strip())
-            # the context's one planned sample is counted on its first section job only
-            yield Job([state.sample_id] if i == 0 else [], self.user(prompt), self.MAP, SUMMARY_SCHEMA,
-                      self.cfg.max_tokens, self._section, SectionOf(state, i), on_fail=self._failed)
-
-    def _failed(self, j: Job[SectionOf], text: str) -> None:
-        st = j.data.state
-        if not st.failed:
-            st.failed = True
-            self.drop(st.sample_id, "bad_json", f"section {j.data.i + 1}: no valid JSON after {j.attempt + 1} attempts",
-                      {"output": text[:2000]})
-
-    def _section(self, j: Job[SectionOf], obj: dict[str, Any]) -> Iterator[Job[SummaryState]]:
-        st = j.data.state
-        st.summaries[j.data.i] = str(obj["summary"]).strip()
-        if st.failed or any(s is None for s in st.summaries):
-            return
-        ctx = st.ctx
-        listing = "\n\n".join(f"Section {k + 1}: {s}" for k, s in enumerate(st.summaries))
-        prompt = template(self.REDUCE).format(n=len(st.summaries), source=ctx.source, summaries=listing)
-        yield Job([st.sample_id], self.user(prompt), self.REDUCE, SUMMARY_SCHEMA, self.cfg.max_tokens, self._whole, st)
-
-    def _whole(self, j: Job[SummaryState], obj: dict[str, Any]) -> Iterator[Sample]:
-        st = j.data
-        ctx, summary = st.ctx, str(obj["summary"]).strip()
-        if len(summary) < MIN_OUTPUT_CHARS:
-            self.drop(st.sample_id, "empty_output", f"summary of {len(summary)} chars", {"output": obj})
-            return
-        yield make_sample(
-            task="summary", index=0, ctx=ctx, text=ctx.text, parts=ctx.parts, question=self.QUESTION,
-            answer=summary, evidence=[], tok=self.tok, short_max_tokens=self.short_max,
-            meta=self.meta(f"{self.MAP}+{self.REDUCE}", sections=st.sections, section_summaries=st.summaries),
-        )
-
-
-@dataclass
-class SummaryState:
-    """One context's map-reduce summary: its sections and their summaries as they come in."""
-
-    ctx: Context
-    sample_id: str
-    sections: list[tuple[int, int]]
-    summaries: list[str | None]
-    failed: bool = False
-
-
-@dataclass
-class SectionOf:
-    state: SummaryState
-    i: int
