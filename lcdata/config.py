@@ -139,14 +139,32 @@ class _LLMTask(_Strict):
 
 
 class MultihopTask(_LLMTask):
-    """LLM-written multi-hop question over 2-4 distant chunks (needs the engine)."""
+    """Multi-hop questions whose evidence lies in 2-4 distant chunks (needs the engine).
+    ``composed``: atomic QA per chunk (answer chosen in code, question by the model, checked
+    closed-book), composed in code into a bridge / comparison / ordering question with a
+    computed gold answer. ``direct``: one call writes the question and cites a line of each
+    chunk from an ``enum`` of the labels shown."""
 
     kind: Literal["multihop"] = "multihop"
     per_context: int = Field(1, ge=0)
-    min_chunks: int = Field(2, ge=2, le=4)
+    method: Literal["composed", "direct"] = "composed"
+    forms: list[Literal["bridge", "comparison", "ordering"]] = Field(
+        default_factory=lambda: ["bridge", "comparison", "ordering"], min_length=1,
+        description="composed: the forms drawn from (seeded, per sample).")
+    min_chunks: int = Field(2, ge=2, le=4, description="Parts of a comparison/ordering/direct sample (bridge: 2).")
     max_chunks: int = Field(3, ge=2, le=4)
-    chunk_chars: int = Field(1200, ge=200, description="Size of each chunk shown to the model.")
+    chunk_chars: int = Field(1200, ge=200, description="Size of each chunk facts are taken from.")
     min_distance_frac: float = Field(0.25, ge=0, lt=1, description="Minimum gap between chunks, as a fraction of the context.")
+    candidates: int = Field(3, ge=1, description="composed: atomic candidates per part (the first good one is used).")
+    closed_book_check: bool = Field(True, description="composed: drop atomic questions the generator answers closed-book.")
+    closed_max: float = Field(0.5, ge=0, le=1, description="composed: closed-book token F1 at or above this = known.")
+    merge: bool = Field(False, description="composed: the model rewrites the composed question as one fluent "
+                        "question (for capable models); dropped if a part is lost.")
+    distractors: int = Field(0, ge=0, description="composed: passages of other documents of the shard most similar "
+                             "to the evidence (MiniLM), inserted next to it, within the context's token budget.")
+    window_tokens: int | None = Field(None, ge=1, description="Certificate: a sample is dropped if one window this "
+                                      "long holds all its evidence. None: filters.verify.window_tokens.")
+    max_tokens: int = Field(160, ge=16)
 
     @model_validator(mode="after")
     def _chunks(self) -> MultihopTask:
@@ -165,13 +183,20 @@ class CompareTask(_LLMTask):
 
 
 class SummaryTask(_LLMTask):
-    """Global summary, map-reduce: one summary per section, then one of the whole (needs the engine)."""
+    """Global summary, map-reduce: one summary per section, then the section summaries reduced,
+    in groups that fit the engine window and again until one remains (needs the engine)."""
 
     kind: Literal["summary"] = "summary"
     per_context: int = Field(1, ge=0, le=1, description="0 or 1: one summary per context.")
     sections: int = Field(4, ge=1, description="Minimum number of sections summarized separately.")
-    max_section_chars: int = Field(6000, ge=500, description="More sections are used when they would exceed this.")
+    max_section_chars: int = Field(6000, ge=500, description="More sections are used when they would exceed this "
+                                   "(or when a section's prompt would not fit `engine.max_model_len`).")
     max_tokens: int = Field(256, ge=16)
+    resplit_depth: int = Field(1, ge=0, le=4, description="How often a section whose summary still fails after "
+                               "its retries is halved (line-aligned, each half summarized alone) before the "
+                               "context's summary is dropped; 0: never.")
+    max_reduce_inputs: int | None = Field(None, ge=2, description="At most this many summaries per reduce prompt "
+                                          "(more are reduced in groups first); None: as many as fit the window.")
 
 
 class LiftTask(_LLMTask):
@@ -356,6 +381,8 @@ class BuildConfig(_Strict):
             if t.kind == "short_qa" and t.window_tokens > self.assemble.short_max_tokens:
                 raise ValueError(f"`short_qa.window_tokens` ({t.window_tokens}) exceeds `assemble.short_max_tokens` "
                                  f"({self.assemble.short_max_tokens}): its samples would not count as short")
+            if t.kind == "multihop" and t.window_tokens is None:
+                t.window_tokens = self.filters.verify.window_tokens  # resolved: saved with the config
         if max(self.assemble.buckets) > self.pack.seq_len:
             raise ValueError(
                 f"the largest bucket ({max(self.assemble.buckets)}) exceeds `pack.seq_len` "
