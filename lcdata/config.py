@@ -134,6 +134,8 @@ class _LLMTask(_Strict):
     sources: list[str] | None = Field(None, description="Only contexts of these source names; None = all.")
     context_fraction: float = Field(1.0, gt=0, le=1, description="Seeded share of the contexts this task runs on "
                                     "(the LLM budget knob).")
+    min_context_tokens: int = Field(0, ge=0, description="Only contexts at least this long (multi-hop over a 1K "
+                                    "context is not long-range).")
     max_retries: int = Field(1, ge=0, description="Extra attempts for outputs that are not valid JSON.")
     max_tokens: int = Field(384, ge=16, description="Output token cap per request.")
 
@@ -195,8 +197,9 @@ class SummaryTask(_LLMTask):
     resplit_depth: int = Field(1, ge=0, le=4, description="How often a section whose summary still fails after "
                                "its retries is halved (line-aligned, each half summarized alone) before the "
                                "context's summary is dropped; 0: never.")
-    max_reduce_inputs: int | None = Field(None, ge=2, description="At most this many summaries per reduce prompt "
-                                          "(more are reduced in groups first); None: as many as fit the window.")
+    max_reduce_inputs: int | None = Field(8, ge=2, description="At most this many summaries per reduce prompt "
+                                          "(more are reduced in groups first: a small model asked to combine dozens "
+                                          "loops); None: as many as fit the window.")
 
 
 class LiftTask(_LLMTask):

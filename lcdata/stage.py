@@ -149,6 +149,11 @@ class Filter(Stage[I, I]):
     def keep(self, record: I) -> Verdict:
         raise NotImplementedError
 
+    def examines(self, record: I) -> bool:
+        """Whether this filter looks at ``record`` at all; the others pass it in place,
+        uncounted (``in`` counts what the filter examined: verify's, the samples it checked)."""
+        return True
+
     def keep_batch(self, batch: list[I]) -> list[Verdict]:
         return [self.keep(r) for r in batch]
 
@@ -167,12 +172,19 @@ class Filter(Stage[I, I]):
         # a whole-input filter answers once even for no records (its notes, e.g. histograms, exist)
         while (batch := list(itertools.islice(it, self.batch_size))) or (first and self.batch_size is None):
             first = False
-            self.stats.in_ += len(batch)
-            verdicts = self.keep_batch(batch)
-            if len(verdicts) != len(batch):
+            mine = [self.examines(r) for r in batch]
+            examined = [r for r, m in zip(batch, mine, strict=True) if m]
+            self.stats.in_ += len(examined)
+            verdicts = self.keep_batch(examined)
+            if len(verdicts) != len(examined):
                 raise RuntimeError(f"{type(self).__name__}.keep_batch returned {len(verdicts)} verdicts "
-                                   f"for {len(batch)} records")
-            for r, v in zip(batch, verdicts, strict=True):
+                                   f"for {len(examined)} records")
+            answers = iter(verdicts)
+            for r, m in zip(batch, mine, strict=True):
+                if not m:
+                    yield r  # not this filter's: passes in place
+                    continue
+                v = next(answers)
                 if v.keep:
                     self.stats.out += 1
                     yield r

@@ -73,6 +73,32 @@ def summarize(dir_: Path) -> dict[str, Any]:
         out["task_evidence"] = by_task.to_dicts()
     if m["lineage"].get("synthesis"):
         out["synthesis"] = m["lineage"]["synthesis"]
+    out["checks"] = checks(m["lineage"]["stages"])
+    return out
+
+
+# (stage, what is checked, note counting the examined, note or drop reason counting the rejected)
+CHECKS = [
+    ("synthesize.multihop", "atomic question closed-book (the generator knows it)", "atoms_checked",
+     "atoms_closed_book"),
+    ("synthesize.multihop", "certificate: one local window holds every span", "certificates", "window_holds_all"),
+    ("verify", "closed-book answer matches", "checked", "answerable_closed_book"),
+    ("verify", "a local window around one span answers", "checked", "answerable_locally"),
+    ("verify", "full context fails", "checked", "full_context_fails"),
+]
+
+
+def checks(stages: dict[str, Any]) -> list[dict[str, Any]]:
+    """How many samples (or atomic parts) each long-dependency check examined and how many it
+    rejected on its own (a sample may fail several; its drop names the first)."""
+    out = []
+    for stage, what, examined, rejected in CHECKS:
+        st = stages.get(stage)
+        if st is None:
+            continue
+        notes = st.get("notes", {})
+        n_rej = notes.get(rejected, st.get("dropped", {}).get(rejected, 0))
+        out.append({"stage": stage, "check": what, "examined": notes.get(examined, 0), "rejected": n_rej})
     return out
 
 
@@ -123,6 +149,13 @@ def print_summary(info: dict[str, Any]) -> None:
         for k, v in info["synthesis"].items():
             tb.add_row(k, f"{v['planned']:,}", f"{v['made']:,}",
                        ", ".join(f"{r}={n}" for r, n in v["dropped"].items()) or "-")
+        c.print(tb)
+    if info.get("checks"):
+        tb = Table(title="long-dependency checks: examined, rejected by this check alone", title_justify="left")
+        for col in ("stage", "check", "examined", "rejected"):
+            tb.add_column(col)
+        for r in info["checks"]:
+            tb.add_row(r["stage"], r["check"], f"{r['examined']:,}", f"{r['rejected']:,}")
         c.print(tb)
     lin = info["lineage"]
     tb = Table(title="lineage and drop reasons", title_justify="left")

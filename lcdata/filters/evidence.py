@@ -37,9 +37,10 @@ class DistanceFilter(Filter[Sample]):
         super().__init__()
         self.cfg = cfg
 
+    def examines(self, s: Sample) -> bool:
+        return s.purpose == PURPOSE_TRAIN and len(s.evidence) >= 2  # fewer spans: no distance to measure
+
     def keep(self, s: Sample) -> Verdict:
-        if s.purpose != PURPOSE_TRAIN:
-            return KEEP
         d = distance(s)
         if d is None or (d[0] >= self.cfg.min_distance_tokens and d[1] >= self.cfg.min_distance_frac):
             return KEEP

@@ -82,7 +82,8 @@ class VerifyStage(Filter[Sample]):
         super().__init__()
         self.cfg, self.engine, self.tok = cfg, engine, tok
 
-    def eligible(self, s: Sample) -> bool:
+    def examines(self, s: Sample) -> bool:
+        """Training samples of ``tasks`` asked over their context, with evidence to window around."""
         return s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN and s.context_message >= 0 and bool(s.evidence)
 
     def _req(self, content: str, kind: str) -> Request:
@@ -94,8 +95,6 @@ class VerifyStage(Filter[Sample]):
         plan: list[tuple[Sample, int, int]] = []  # sample, first request, number of windows
         reqs: list[Request] = []
         for s in samples:
-            if not self.eligible(s):
-                continue
             if s.context_tokens > limit:
                 self.note("skipped_longer_than_engine")
                 s.meta["verify"] = {"skipped": f"context of {s.context_tokens} tokens > engine.max_model_len budget {limit}"}
@@ -147,8 +146,11 @@ class JudgeStage(Filter[Sample]):
         super().__init__()
         self.cfg, self.engine = cfg, engine
 
+    def examines(self, s: Sample) -> bool:
+        return s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN
+
     def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
-        todo = [s for s in samples if s.task in self.cfg.tasks and s.purpose == PURPOSE_TRAIN]
+        todo = samples
         tpl = template(JUDGE_VERSION)
         reqs = [Request([{"role": "user", "content": tpl.format(
             question=s.question.strip()[:600], answer=s.answer[:600],

@@ -43,6 +43,7 @@ from lcdata.schema import PURPOSE_TRAIN, Context, Part, Sample, sample_id
 from lcdata.stage import Planned
 from lcdata.tasks.base import Span, insert_texts, line_start_near, make_sample
 from lcdata.tasks.synth import (
+    QUESTION_PATTERN,
     Job,
     LLMStage,
     Passages,
@@ -53,19 +54,22 @@ from lcdata.tasks.synth import (
     template,
 )
 
-# A question: a capital letter or digit first, one line, ends with "?" (no lookarounds: xgrammar).
-QUESTION_PATTERN = r"[A-Z][^\n?]{8,240}\?"
 ATOMIC, CHECK, MERGE, DIRECT = "atomic.v1", "atomic_check.v1", "merge.v1", "multihop.v3"
 BRIEF = "\n\nAnswer briefly."
 
 
-def question_schema(must_contain: str | None = None) -> dict[str, Any]:
+# A merged question is longer: two quantifiers of <= 128 (xgrammar's limit, see QUESTION_PATTERN)
+LONG_QUESTION_PATTERN = r'^[A-Z][^"\\?\x00-\x1f]{8,128}[^"\\?\x00-\x1f]{0,128}\?$'
+
+
+def question_schema(must_contain: str | None = None, long: bool = False) -> dict[str, Any]:
     """``{"question": ...}`` that reads as a question; ``must_contain``: a literal the decoder
     must put in it (hop 2 of a bridge names hop 1's answer)."""
-    pattern = QUESTION_PATTERN
-    if must_contain:
+    pattern = LONG_QUESTION_PATTERN if long else QUESTION_PATTERN
+    if must_contain:  # the same character class as QUESTION_PATTERN, around the literal
         lit = re.escape(must_contain)
-        pattern = rf"[A-Z][^\n?]{{0,200}}{lit}[^\n?]{{0,200}}\?"
+        pattern = rf'^[A-Z][^"\\?\x00-\x1f]{{0,120}}{lit}[^"\\?\x00-\x1f]{{0,120}}\?$'
+
     return {"type": "object", "properties": {"question": {"type": "string", "pattern": pattern}},
             "required": ["question"], "additionalProperties": False}
 
@@ -380,6 +384,7 @@ class MultihopStage(LLMStage):
             yield from self.maybe_compose(plan)
             return
         # the atom's closed-book check: greedy, the question alone
+        self.note("atoms_checked")
         yield Job([], self.user(q + BRIEF), CHECK, None, 32, self._checked, j.data, on_fail=self._atom_failed,
                   temperature=0.0)
 
@@ -388,6 +393,7 @@ class MultihopStage(LLMStage):
         atom.known = str(obj.get("text", ""))[:200]
         known = score(atom.known, atom.fact.answer, "f1") >= self.cfg.closed_max
         atom.status = "atomic_closed_book" if known else "ok"
+        self.note("atoms_closed_book", int(known))
         plan.open_jobs -= 1
         yield from self.maybe_compose(plan)
 
@@ -430,7 +436,7 @@ class MultihopStage(LLMStage):
 
     def merge_job(self, plan: Plan, atoms: list[Atom], q: str, a: str) -> Job[Any]:
         prompt = template(MERGE).format(question=q)
-        return Job([], self.user(prompt), MERGE, question_schema(), self.cfg.max_tokens, self._merged,
+        return Job([], self.user(prompt), MERGE, question_schema(long=True), self.cfg.max_tokens, self._merged,
                    (plan, atoms, q, a), on_fail=self._merge_failed)
 
     def _merge_failed(self, j: Job[Any], text: str) -> None:
@@ -470,6 +476,7 @@ class MultihopStage(LLMStage):
         # every atom's line lies in a chunk of its own (a bridge: min_distance_frac apart)
         cert = certificate(s, self.cfg.window_tokens, len(spans))
         s.meta["certificate"] = cert
+        self.note("certificates")
         if cert["window_holds_all"] or cert["chunks"] < 2:
             self.drop(plan.sample_id, "window_holds_all", f"one {self.cfg.window_tokens}-token window holds every "
                       f"evidence span ({cert['distance_tokens']} tokens first to last)", {"certificate": cert})
@@ -560,6 +567,7 @@ class MultihopStage(LLMStage):
             short_max_tokens=self.short_max, purpose=PURPOSE_TRAIN,
             meta=self.meta(DIRECT, form="direct", chunks=p.chunks))
         s.meta["certificate"] = cert = certificate(s, self.cfg.window_tokens, len({f.chunk for f in found}))
+        self.note("certificates")
         if cert["window_holds_all"] or cert["chunks"] < 2:
             self.drop(sid, "window_holds_all", f"one {self.cfg.window_tokens}-token window holds every evidence span",
                       {"certificate": cert})

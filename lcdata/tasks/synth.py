@@ -9,10 +9,14 @@ the JSON, retries bad outputs within a budget, and hands good ones to the job's 
 which returns samples and/or follow-up jobs (summary: sections first, then the whole).
 
 Accounting: ``in`` counts the samples a task planned, ``out`` those made, and every planned
-sample not made is dropped once with a reason (no_room, bad_json, evidence_not_found,
-evidence_single_chunk, missing_qa, ambiguous_anchor, empty_output, degenerate_output), so in == out + dropped.
+sample not made is dropped once with a reason (no_room, bad_json, missing_qa,
+ambiguous_anchor, empty_output, degenerate_output), so in == out + dropped.
 Evidence is grounded back into the context: a line label maps to its exact span, a quoted
-sentence is located exactly, normalised or fuzzily; unlocated evidence is never kept.
+sentence is located exactly, normalised or fuzzily; unlocated evidence is never kept. Where
+a task cites labelled lines (compare, LIFT and short QA), its schema is made per job and
+offers the labels shown as an ``enum`` (compare: one field per section), so guided decoding
+cannot cite a line it did not show, and ``parse_json`` rejects such an output from a backend
+without it (retried, then bad_json): their evidence is always located, in every section.
 """
 
 from __future__ import annotations
@@ -34,7 +38,6 @@ from lcdata.schema import Context, Sample, sample_id
 from lcdata.stage import Planned, Producer
 from lcdata.tasks.base import Task, line_start_near, make_sample
 
-TEMPLATE_VERSION = "multihop.v2"  # v2: labelled lines, evidence by label (v1: quoted sentences)
 _EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 6}
 
 
@@ -52,23 +55,41 @@ def qa_item_schema(max_evidence: int) -> dict[str, Any]:
     }
 
 
-SCHEMA = qa_item_schema(4)
-COMPARE_SCHEMA = {  # one field per passage: the small model keeps them apart better than in one text
-    "type": "object",
-    "properties": {
-        "topic": {"type": "string", "minLength": 3, "maxLength": 60},
-        "passage_1": {"type": "string", "minLength": 20, "maxLength": 300},
-        "passage_2": {"type": "string", "minLength": 20, "maxLength": 300},
-        "evidence": {**_EVIDENCE, "minItems": 2, "maxItems": 4},
-    },
-    "required": ["topic", "passage_1", "passage_2", "evidence"],
-    "additionalProperties": False,
-}
+# A question as the decoder must write it: a capital letter, 8-128 more characters without
+# "?", quotes, backslashes or control characters (so the JSON text is the value itself), then
+# "?". Plain regex for xgrammar: vLLM refuses pattern together with minLength/maxLength, so the
+# length is in the pattern, and xgrammar 0.2.8 fails to compile a {m,n} above 128 inside an
+# array of objects (a QA list) when its grammar cache is on, as vLLM runs it.
+QUESTION_PATTERN = r'^[A-Z][^"\\?\x00-\x1f]{8,128}\?$'
+
+
+def cited(labels: Iterable[str]) -> dict[str, Any]:
+    """A string that is one of ``labels``: the line labels a job showed, so evidence cannot be
+    invented (guided decoding offers only them; ``parse_json`` rejects anything else)."""
+    return {"type": "string", "enum": list(labels)}
+
+
+def compare_schema(labels: Labels) -> dict[str, Any]:
+    """One field per passage (the small model keeps them apart better than in one text), and one
+    cited line of each: ``evidence_k`` is one of the labels shown in passage k."""
+    return {
+        "type": "object",
+        "properties": {
+            "topic": {"type": "string", "minLength": 3, "maxLength": 60},
+            "passage_1": {"type": "string", "minLength": 20, "maxLength": 300},
+            "passage_2": {"type": "string", "minLength": 20, "maxLength": 300},
+            **{f"evidence_{k + 1}": cited(lab for lab, (_, _, c) in labels.items() if c == k) for k in (0, 1)},
+        },
+        "required": ["topic", "passage_1", "passage_2", "evidence_1", "evidence_2"],
+        "additionalProperties": False,
+    }
+
+
 _LABEL_IN_TEXT = re.compile(r"\bP\d+\.\d+\b|\bpassage\s*\d", re.I)
 MIN_OUTPUT_CHARS = 20  # shorter summaries/comparisons are not worth training on
 
 
-def template(version: str = TEMPLATE_VERSION) -> str:
+def template(version: str) -> str:
     return resources.files("lcdata.templates").joinpath(f"{version}.txt").read_text()
 
 
@@ -159,7 +180,9 @@ class Job(Generic[D]):
     max_tokens: int
     handle: Callable[[Job[D], dict[str, Any]], Iterable[Sample | Job[Any]]]
     data: D
-    on_fail: Callable[[Job[D], str], None] | None = None  # default: drop every planned sample, bad_json
+    # after the last attempt: default, drop every planned sample (truncated or bad_json); may return
+    # follow-up jobs (a summary re-splits a section) or samples (a composed multi-hop whose other parts held)
+    on_fail: Callable[[Job[D], str], Iterable[Sample | Job[Any]] | None] | None = None
     attempt: int = 0
     temperature: float | None = None  # None: the engine's; 0: greedy (checks, not writing)
 
@@ -208,21 +231,37 @@ _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"string": str, "array": list,
                                                    "integer": int, "number": (int, float)}
 
 
-def parse_json(text: str, schema: dict[str, Any]) -> dict[str, Any] | None:
-    """The output as an object with every required field of its schema's type, or None (a bad
-    output: retried, then dropped). Guided decoding enforces this; a backend without it may not."""
+def _fits(value: Any, schema: dict[str, Any]) -> bool:
+    """Whether ``value`` has its schema's type, is one of its ``enum``, ``re.fullmatch``-es its
+    ``pattern``; an array: at least ``minItems`` items, each fitting ``items``; an object: every
+    ``required`` field, fitting. Length caps are not checked (an over-long field is usable)."""
+    want = _JSON_TYPES.get(schema.get("type", ""))
+    if want is not None and not isinstance(value, want):
+        return False
+    if "enum" in schema and value not in schema["enum"]:
+        return False
+    if "pattern" in schema and isinstance(value, str) and re.fullmatch(schema["pattern"], value) is None:
+        return False
+    if isinstance(value, list):
+        return len(value) >= schema.get("minItems", 0) and all(_fits(v, schema.get("items", {})) for v in value)
+    if isinstance(value, dict):
+        props = schema.get("properties", {})
+        return all(k in value and _fits(value[k], props.get(k, {})) for k in schema.get("required", ()))
+    return True
+
+
+def parse_json(text: str, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The output as an object whose required fields fit its schema (``_fits``: types, enums,
+    patterns, nested), or None (a bad output: retried, then dropped). Guided decoding enforces
+    this; a backend without it may not, and still cannot pass off a label it was not shown.
+    A job without a schema (free text, e.g. a closed-book answer) gets ``{"text": text}``."""
+    if schema is None:
+        return {"text": text}
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
         return None
-    if not isinstance(obj, dict) or not set(schema.get("required", ())) <= set(obj):
-        return None
-    props = schema.get("properties", {})
-    for k in schema.get("required", ()):
-        want = _JSON_TYPES.get(props.get(k, {}).get("type", ""))
-        if want is not None and not isinstance(obj[k], want):
-            return None
-    return obj
+    return obj if isinstance(obj, dict) and _fits(obj, schema) else None
 
 
 class LLMStage(Producer[Context, Sample], Task):
@@ -245,9 +284,12 @@ class LLMStage(Producer[Context, Sample], Task):
             self.drop(sid, reason, message, record)
 
     def selected(self, ctx: Context) -> bool:
-        """Whether this task runs on ``ctx``: its source is listed and a seeded coin (stable
-        per context, whatever the shard layout) falls under ``context_fraction``."""
+        """Whether this task runs on ``ctx``: its source is listed, it has ``min_context_tokens``,
+        and a seeded coin (stable per context, whatever the shard layout) falls under
+        ``context_fraction``."""
         if self.cfg.sources is not None and ctx.source not in self.cfg.sources:
+            return False
+        if ctx.n_tokens < self.cfg.min_context_tokens:
             return False
         if self.cfg.context_fraction >= 1:
             return True
@@ -283,7 +325,11 @@ class LLMStage(Producer[Context, Sample], Task):
                         j.attempt += 1
                         nxt.append(j)
                     elif j.on_fail is not None:
-                        j.on_fail(j, text)
+                        for item in j.on_fail(j, text) or ():
+                            if isinstance(item, Job):
+                                nxt.append(item)
+                            else:
+                                yield item
                     else:
                         reason, why = self.bad_output(j, text)
                         self.drop_all(j.sample_ids, reason, why, {"output": text[:2000]})
@@ -324,12 +370,15 @@ def anchor(text: str, start: int, end: int, max_chars: int = 70, look: int = 6) 
 
 class CompareStage(LLMStage):
     """Two sections at least ``min_distance_frac`` apart; the model names a shared aspect,
-    compares them and cites lines of both; the question quotes each section's opening so it
-    can be answered from the whole context."""
+    compares them and cites a line of each (``evidence_k``: one of the labels shown in section
+    k, an enum of the job's schema); the question quotes each section's opening so it can be
+    answered from the whole context."""
 
     kind, Config = "compare", CompareTask
 
-    VERSION = "compare.v2"  # v2: topic + one field per passage (v1: one free comparison)
+    # v3: evidence_1/evidence_2, one shown label of each passage (v2: a free evidence list;
+    # v1: one free comparison)
+    VERSION = "compare.v3"
 
     def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
         tpl = template(self.VERSION)
@@ -347,7 +396,7 @@ class CompareStage(LLMStage):
                 continue
             passages, labels = label_lines(ctx.text, chunks)
             yield Job([uid], self.user(tpl.format(source=ctx.source, passages=passages)), self.VERSION,
-                      COMPARE_SCHEMA, self.cfg.max_tokens, self._handle,
+                      compare_schema(labels), self.cfg.max_tokens, self._handle,
                       Sections(ctx, i, chunks, labels, [a for a in anchors if a is not None]))
 
     def _handle(self, j: Job[Sections], obj: dict[str, Any]) -> Iterator[Sample]:
@@ -364,14 +413,11 @@ class CompareStage(LLMStage):
             self.drop(uid, "degenerate_output", "both sides identical, or line labels in the text",
                       {"output": obj})
             return
-        found = resolve_evidence(ctx.text, chunks, j.data.labels, obj["evidence"])
-        if not found:
-            self.drop(uid, "evidence_not_found", "no cited line could be located", {"output": obj})
-            return
-        if len({f.chunk for f in found}) < 2:
-            self.drop(uid, "evidence_single_chunk", "the cited lines come from one section only",
-                      {"output": obj, "chunks": chunks})
-            return
+        # parse_json let through evidence_k only from the labels of section k (the schema's enums):
+        # each names its line, so the evidence is always located and in both sections (compare
+        # has no evidence_not_found / evidence_single_chunk; a KeyError here is a bypassed check)
+        found = [Located(ctx.text[a:b], a, b, k, "label")
+                 for a, b, k in (j.data.labels[obj[f"evidence_{n}"]] for n in (1, 2))]
         question = (f'Compare the part of the document around "{anchors[0]}" with the part around '
                     f'"{anchors[1]}": what does each of them say about {topic}?')
         answer = f"The first part: {said[0]}\nThe second part: {said[1]}"
