@@ -11,6 +11,7 @@ import json
 import random
 import re
 
+import pyarrow.ipc as ipc
 import pytest
 
 from lcdata.config import (
@@ -217,6 +218,7 @@ def test_build_with_real_engine_and_resume_from_cache(model_dir, tmp_path):
                   {"kind": "lift", "segment_tokens": 256, "stride_tokens": 192, "max_qa_segments": 1},
                   {"kind": "short_qa", "window_tokens": 512}],
         "pack": {"seq_len": 2048},
+        "filters": {"verify": {"enabled": True, "require_full": False}},
         "engine": {"model": str(model_dir), "max_model_len": 4096, "kv_cache_gib": 1, "temperature": 0.7,
                    "max_tokens": 256},
     }
@@ -228,6 +230,18 @@ def test_build_with_real_engine_and_resume_from_cache(model_dir, tmp_path):
     for kind, st in syn.items():
         assert st["planned"] > 0 and st["planned"] == st["made"] + sum(st["dropped"].values()), kind
     assert syn["lift"]["made"] > 0  # memorization samples need no luck from the model
+    # composed multi-hop with the real generator: its atoms were checked closed-book on the spot
+    stages = m["lineage"]["stages"]
+    assert stages["synthesize.multihop"]["notes"]["atoms_checked"] > 0
+    # verify examined every multihop / compare / lift_qa_ctx sample that reached it, and checked each one
+    ver = stages["verify"]
+    assert ver["in"] == ver["notes"].get("checked", 0)
+    rows = [r for p in sorted((out / "samples").glob("*.arrow")) for r in ipc.open_file(str(p)).read_all().to_pylist()]
+    for r in rows:
+        if r["task"] == "multihop":
+            cert = json.loads(r["meta"])["certificate"]
+            assert cert["chunks"] >= 2 and not cert["window_holds_all"]
+            assert "verify" in json.loads(r["meta"])
     s = m["lineage"]["samples"]
     assert s["made"] == s["packed"] + s["eval"] + sum(s["dropped"].values())
     stats = [json.loads(p.read_text()) for p in sorted((out / "work").glob("*/stats.json"))]

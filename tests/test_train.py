@@ -159,6 +159,11 @@ def test_checksum_and_schema_refusals(small_dataset, tmp_path):
 def test_config_overrides_and_unknown_keys():
     cfg = apply_overrides(TrainConfig(), {"optim.lr": "3e-4", "run.steps": "7", "model.autocast_bf16": "false"})
     assert cfg.optim.lr == 3e-4 and cfg.run.steps == 7 and cfg.model.autocast_bf16 is False
+    assert TrainConfig().model.autocast_bf16 is None  # auto: bf16 only where its matmuls are fast
+    assert apply_overrides(TrainConfig(), {"model.autocast_bf16": "auto"}).model.autocast_bf16 is None
+    assert apply_overrides(TrainConfig(), {"model.autocast_bf16": "on"}).model.autocast_bf16 is True
+    with pytest.raises(ConfigError, match="autocast_bf16"):
+        apply_overrides(TrainConfig(), {"model.autocast_bf16": "maybe"})
     with pytest.raises(ConfigError, match="unknown key `optim.lrr`"):
         apply_overrides(TrainConfig(), {"optim.lrr": "1"})
     with pytest.raises(ConfigError, match="unknown key `optimizer.lr`: no section `optimizer`"):

@@ -13,7 +13,10 @@ from typing import Any
 class ModelCfg:
     path: str = "models/smollm2-135m-instruct"  # a local Hugging Face causal-LM directory
     attention: str = "packed_sdpa"  # packed_sdpa: causal SDPA per sample; masked_sdpa: one 4D block mask
-    autocast_bf16: bool = True  # bf16 autocast for matmuls; weights and optimizer stay float32
+    # bf16 autocast for matmuls (weights and optimizer stay float32); None = auto: on where bf16
+    # matmuls are fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX), off elsewhere (on an AVX2
+    # CPU torch's bf16 matmul is ~60x slower than float32)
+    autocast_bf16: bool | None = None
     gradient_checkpointing: bool = True
 
 
@@ -104,6 +107,11 @@ class ConfigError(ValueError):
 
 def _coerce(raw: str, typ: Any, key: str) -> Any:
     typ = {"int": int, "float": float, "str": str, "bool": bool}.get(typ, typ) if isinstance(typ, str) else typ
+    args = typing.get_args(typ)
+    if type(None) in args:  # X | None: "none" / "auto" is None
+        if raw.lower() in ("none", "auto", "null"):
+            return None
+        typ = next(a for a in args if a is not type(None))
     try:
         if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"):

@@ -87,6 +87,20 @@ def register_attention() -> None:
         AttentionMaskInterface.register(name, _no_mask)
 
 
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls are fast on ``device``: CUDA with bf16 support, or a CPU with
+    AVX512-BF16 / AMX (torch's CPU fallback for bf16 gemm is far slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return False
+        return "avx512_bf16" in flags or "amx_bf16" in flags
+    return False
+
+
 def load_model(path: str | Path, attention: str = "packed_sdpa", dtype: torch.dtype = torch.float32) -> torch.nn.Module:
     from transformers import AutoModelForCausalLM
 

@@ -19,7 +19,7 @@ from train.adapters import GatedMemorySpec, add_gated_memory, add_lora
 from train.checkpoint import export_hf, load_checkpoint, save_checkpoint
 from train.config import ConfigError, TrainConfig, apply_overrides, parse_cli_overrides
 from train.data import DataError, Loader, PackedRows, Row
-from train.model import load_model, packed_loss
+from train.model import fast_bf16, load_model, packed_loss
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -106,9 +106,11 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     elif a.kind == "gated_memory":
         model = add_gated_memory(model, GatedMemorySpec(a.memory_slots, a.gate_init), cfg.model.attention)
     model.to(dist.device).train()
+    bf16 = fast_bf16(dist.device) if cfg.model.autocast_bf16 is None else cfg.model.autocast_bf16
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"model: {cfg.model.path} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable params), "
-        f"adapter {a.kind}, attention {cfg.model.attention}, bf16 autocast {cfg.model.autocast_bf16}, "
+        f"adapter {a.kind}, attention {cfg.model.attention}, bf16 autocast {bf16}"
+        f"{' (auto)' if cfg.model.autocast_bf16 is None else ''}, "
         f"device {dist.device}")
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
@@ -138,7 +140,7 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
             g["lr"] = lr
         stats = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
         for row in batch[dist.rank::dist.world]:  # ... and runs its share of the rows
-            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=cfg.model.autocast_bf16):
+            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
                 total, _ = packed_loss(model, row.input_ids.to(dist.device), row.position_ids.to(dist.device),
                                        row.labels.to(dist.device), row.seq_lens, cfg.loss.weighting,
                                        cfg.loss.chunk_tokens)
