@@ -21,6 +21,8 @@ from lcdata.tasks.multihop import (
     Atom,
     Fact,
     compose,
+    degenerate,
+    grounded,
     line_facts,
     pick_facts,
     question_schema,
@@ -48,11 +50,13 @@ def prompt_line(r: Request) -> tuple[str, str, str | None]:
     """(line, answer, bridge name) an atomic prompt asks about."""
     c = r.messages[0]["content"]
     must = re.search(r'must mention "(.*)"', c)
-    return (re.search(r'answers:\n"(.*)"\n', c).group(1), re.search(r"must be: (.*)\n", c).group(1),
+    # the last Line/Answer pair: the ones before are the prompt's examples
+    return (re.findall(r'^Line: "(.*)"$', c, re.M)[-1], re.findall(r"^Answer: (.*)$", c, re.M)[-1],
             must.group(1) if must else None)
 
 
-def writer(known: set[str] = frozenset(), leak: set[str] = frozenset(), bad: set[str] = frozenset()):
+def writer(known: set[str] = frozenset(), leak: set[str] = frozenset(), bad: set[str] = frozenset(),
+           vague: set[str] = frozenset()):
     """A scripted generator: writes "Which word completes ...?" for each atom (or leaks the
     answer / writes garbage for the answers listed), answers the closed-book check correctly
     for ``known`` answers and with "I do not know." otherwise."""
@@ -60,10 +64,12 @@ def writer(known: set[str] = frozenset(), leak: set[str] = frozenset(), bad: set
 
     def script(r: Request) -> str:
         c = r.messages[0]["content"]
-        if r.template_version.startswith("atomic.v1"):
+        if r.template_version.startswith("atomic.v2"):
             line, ans, must = prompt_line(r)
             if ans in bad:
                 return "{not json"
+            if ans in vague:
+                return js(question="What is the answer to this question?")
             q = line.replace("?", "") if ans in leak else line.replace(ans, "what").replace("?", "")
             q = f"Which word completes: {q}"
             if must and must not in q:
@@ -106,6 +112,17 @@ def test_question_schema_reads_as_a_question_and_can_require_the_bridge_name():
     bridge = question_schema("Cawdor")["properties"]["question"]["pattern"]
     assert re.fullmatch(bridge, "Who was the thane of Cawdor before Macbeth?")
     assert not re.fullmatch(bridge, "Who was the thane before Macbeth?")
+
+
+def test_a_question_must_ask_about_its_line_and_not_run_away():
+    line = "The thane of Cawdor began a dismal conflict"
+    assert grounded("Which thane began a dismal conflict?", line, "Cawdor")
+    assert not grounded("What is the answer to this question?", line, "Cawdor")
+    assert not grounded("Who is Cawdor in this dismal play?", line, "Cawdor")  # one content word only
+    assert grounded("Which word is it?", "So is Cawdor", "Cawdor")  # nothing else in the line to ask with
+    assert degenerate("What is the answer to step 1PaulinaPaterPaterPaterPaterPater?")
+    assert degenerate("Which Pater Pater Pater Pater is it?")
+    assert not degenerate("Which thane began a dismal conflict?")
 
 
 # --- the forms: questions and gold answers computed from the parts ---------------------------------
@@ -169,7 +186,7 @@ def test_composed_samples_carry_grounded_parts_and_a_certificate(tok, ctx, form)
         assert cert["distance_frac"] >= 0.25 and cert["distance_tokens"] > cert["window_tokens"]
         assert [c["start"] for c in cert["spans"]] == sorted(e.start for e in s.evidence)
     sent = {r.template_version.split("#")[0] for r in ran.backend.requests}
-    assert sent == {"atomic.v1", "atomic_check.v1"}
+    assert sent == {"atomic.v2", "atomic_check.v1"}
     checks = [r for r in ran.backend.requests if r.template_version.startswith("atomic_check")]
     assert all(r.temperature == 0.0 and r.schema is None for r in checks)
 
@@ -178,7 +195,7 @@ def test_bridge_hop_two_must_name_hop_one_and_the_decoder_is_told(tok, ctx):
     ran = run(tok, task("bridge"), writer(), [ctx])
     (s,) = ran.samples
     name = s.meta["compose"]["bridge"]
-    hop2 = [r for r in ran.backend.requests if r.template_version.startswith("atomic.v1")
+    hop2 = [r for r in ran.backend.requests if r.template_version.startswith("atomic.v2")
             and prompt_line(r)[2] == name]
     assert hop2 and all(name in r.schema["properties"]["question"]["pattern"] for r in hop2)
     assert name not in s.question.split("Step 2:")[1]  # replaced by "the answer to step 1"
@@ -199,16 +216,16 @@ def all_answers(tok, ctx, cfg) -> set[str]:
     seen: set[str] = set()
 
     def spy(r: Request) -> str:
-        if r.template_version.startswith("atomic.v1"):
+        if r.template_version.startswith("atomic.v2"):
             seen.add(prompt_line(r)[1])
-        return writer()(r) if r.template_version.startswith("atomic.v1") else "I do not know."
+        return writer()(r) if r.template_version.startswith("atomic.v2") else "I do not know."
 
     run(tok, cfg, spy, [ctx])
     return seen
 
 
 @pytest.mark.parametrize(("how", "reason"), [("known", "atomic_closed_book"), ("leak", "answer_in_question"),
-                                             ("bad", "bad_json")])
+                                             ("vague", "ungrounded_question"), ("bad", "bad_json")])
 def test_atomic_failures_in_every_candidate_drop_the_sample_once(tok, ctx, how, reason):
     cfg = task("comparison", candidates=2)
     answers = all_answers(tok, ctx, cfg)

@@ -4,10 +4,12 @@
 
 1. **Atomic facts, answer first.** For each part, code picks a line in a chunk at a chosen
    depth decile and an answer span inside that line (a number, a name, a code identifier); the
-   model only writes a question whose answer is that span (``atomic.v1``, the question's form
-   constrained by a JSON-schema ``pattern``). Evidence is the line, located by construction.
-2. **Checked on the spot.** A question that contains its answer, reads as no question, or
-   that the generator answers closed-book (greedy, token F1 >= ``closed_max``) is dropped;
+   model only writes a question whose answer is that span (``atomic.v2``, two worked examples;
+   the question's form constrained by a JSON-schema ``pattern``). Evidence is the line,
+   located by construction.
+2. **Checked on the spot.** A question that contains its answer, does not ask about its line
+   (``grounded``), runs away (``degenerate``), or that the generator answers closed-book
+   (greedy, token F1 >= ``closed_max``) is dropped;
    each part has ``candidates`` lines, the first good one is used.
 3. **Composed in code** through a versioned form (``FORMS``), the gold answer computed from
    the parts: *bridge* (hop 1's answer is a name that hop 2's question mentions, found in
@@ -54,7 +56,7 @@ from lcdata.tasks.synth import (
     template,
 )
 
-ATOMIC, CHECK, MERGE, DIRECT = "atomic.v1", "atomic_check.v1", "merge.v1", "multihop.v3"
+ATOMIC, CHECK, MERGE, DIRECT = "atomic.v2", "atomic_check.v1", "merge.v1", "multihop.v3"  # atomic v2: few-shot, the line only
 BRIEF = "\n\nAnswer briefly."
 
 
@@ -332,11 +334,14 @@ class MultihopStage(LLMStage):
                 parts = [[Atom(h1) for h1, _ in pairs], [Atom(h2) for _, h2 in pairs]]
         else:
             n = 2 if form == "comparison" else rng.randint(cfg.min_chunks, cfg.max_chunks)
-            chunks = pick_chunks(text, n, cfg.chunk_chars, cfg.min_distance_frac, rng)
-            kinds = None
-            if chunks and form == "comparison":
-                kinds = shared_kind([line_facts(text, *c) for c in chunks])
-            parts = [[Atom(f) for f in pick_facts(text, c, cfg.candidates, rng, kinds)] for c in chunks or []]
+            for _ in range(6):  # chunk layouts tried until every chunk has a fact
+                chunks = pick_chunks(text, n, cfg.chunk_chars, cfg.min_distance_frac, rng)
+                kinds = None
+                if chunks and form == "comparison":
+                    kinds = shared_kind([line_facts(text, *c) for c in chunks])
+                parts = [[Atom(f) for f in pick_facts(text, c, cfg.candidates, rng, kinds)] for c in chunks or []]
+                if chunks is None or all(parts):
+                    break
         if not chunks or not parts or any(not p for p in parts):
             self.drop(sid, "no_room", f"{ctx.id}: no {form} facts: {len(text):,} chars give no line with a number, "
                       f"name or identifier in every chunk of {cfg.chunk_chars} chars {cfg.min_distance_frac:.0%} "
@@ -353,13 +358,9 @@ class MultihopStage(LLMStage):
     def atom_job(self, plan: Plan, k: int, atom: Atom, must: str | None = None) -> Job[AtomJob]:
         """The job that asks for ``atom``'s question; ``must``: a name it has to mention."""
         text, f = plan.ctx.text, atom.fact
-        a = line_start_near(text, max(0, f.line_start - 300))
-        b = text.find("\n", min(len(text), f.line_end + 300))
-        passage = text[a:len(text) if b < 0 else b].strip()
         line = text[f.line_start:f.line_end]
         extra = f'\nYour question must mention "{must}".' if must else ""
-        prompt = template(ATOMIC).format(source=plan.ctx.source, passage=passage, line=line, answer=f.answer,
-                                         extra=extra)
+        prompt = template(ATOMIC).format(source=plan.ctx.source, line=line, answer=f.answer, extra=extra)
         return Job([], self.user(prompt), ATOMIC, question_schema(must), self.cfg.max_tokens, self._atom,
                    AtomJob(plan, k, atom), on_fail=self._atom_failed)
 
@@ -373,10 +374,13 @@ class MultihopStage(LLMStage):
         q = str(obj["question"]).strip()
         atom.question = q
         why = bad_qa({"question": q, "answer": atom.fact.answer})
-        if why:
+        line = plan.ctx.text[atom.fact.line_start:atom.fact.line_end]
+        if why or degenerate(q):
             atom.status = "degenerate_output"
         elif normalize(atom.fact.answer) in normalize(q):
             atom.status = "answer_in_question"
+        elif not grounded(q, line, atom.fact.answer):
+            atom.status = "ungrounded_question"
         if atom.status != "pending" or not self.cfg.closed_book_check:
             if atom.status == "pending":
                 atom.status = "ok"
@@ -575,7 +579,8 @@ class MultihopStage(LLMStage):
         yield s
 
 
-_ORDER = ["atomic_closed_book", "answer_in_question", "degenerate_output", "truncated", "bad_json"]
+_ORDER = ["atomic_closed_book", "answer_in_question", "ungrounded_question", "degenerate_output", "truncated",
+          "bad_json"]
 
 
 def _worst(statuses: Iterable[str]) -> str:
@@ -585,13 +590,33 @@ def _worst(statuses: Iterable[str]) -> str:
 
 
 _WORD = re.compile(r"[a-z]{4,}")
+_FILLER = {"what", "which", "does", "that", "this", "with", "from", "have", "there", "their", "whom", "whose", "when",
+           "where", "they", "them", "then", "than", "will", "would", "should", "could", "been", "were", "your",
+           "answer", "question", "line", "document", "passage", "text"}
+
+
+def grounded(question: str, line: str, answer: str) -> bool:
+    """Whether a question asks about its line: at least two of the line's content words (4+
+    letters, not the answer's) are in it, or all of them for a line with fewer. Small models
+    write "What is the answer to this question?" for any line."""
+    words = set(_WORD.findall(line.lower())) - _FILLER - set(_WORD.findall(answer.lower()))
+    return len(words & set(_WORD.findall(question.lower()))) >= min(2, len(words))
+
+
+def degenerate(question: str) -> bool:
+    """Runaway decoding: a 30+ character run without a space, or one word 4+ times."""
+    if re.search(r"\S{30,}", question):
+        return True
+    counts: dict[str, int] = {}
+    for w in _WORD.findall(question.lower()):
+        counts[w] = counts.get(w, 0) + 1
+    return max(counts.values(), default=0) >= 4
 
 
 def _keeps(merged: str, atom: Atom) -> bool:
     """Whether a merged question still asks ``atom``'s part: half of its content words (4+
     letters) are in it."""
-    words = set(_WORD.findall(atom.question.lower())) - {"what", "which", "does", "that", "this", "with", "from",
-                                                         "have", "there", "their", "whom", "whose", "when", "where"}
+    words = set(_WORD.findall(atom.question.lower())) - _FILLER
     if not words:
         return True
     have = set(_WORD.findall(merged.lower()))
