@@ -325,6 +325,8 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         "contexts": n_contexts,
         "eval_samples": n_eval,
         "engine_requests": engine.calls if engine else 0,
+        # backend seconds per stage (this shard's calls; 0 when all came from the request cache)
+        "engine_seconds": {k: round(v, 3) for k, v in sorted(engine.seconds.items())} if engine else {},
         "seconds": round(time.perf_counter() - t0, 3),
     }
     write_json(work / "stats.json", stats)

@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -316,6 +317,7 @@ class Engine:
         # Known without starting the backend: a fully cached rerun computes keys only.
         self.model = cfg.model if backend is None else backend.model
         self.calls = 0
+        self.seconds: dict[str, float] = {}  # backend seconds by caller (a stage's name), for stats.json
 
     @property
     def backend(self) -> Backend:
@@ -333,18 +335,21 @@ class Engine:
         """The request's cache key under this engine's model (``Request.key`` for a real one)."""
         return r.key(self.cfg, self.model)
 
-    def generate(self, reqs: Sequence[Request]) -> list[str]:
+    def generate(self, reqs: Sequence[Request], who: str = "") -> list[str]:
+        """Outputs in request order; ``who`` (a stage name) is charged the backend's seconds."""
         keys = [self.key(r) for r in reqs]
         todo = [(k, r) for k, r in zip(keys, reqs, strict=True) if self.cache.get(k) is None]
         todo = list({k: r for k, r in todo}.items())  # identical requests are sent once
         for i in range(0, len(todo), self.cfg.batch_size):
             batch = todo[i:i + self.cfg.batch_size]
             backend = self.backend
+            t0 = time.perf_counter()
             if backend.thread_safe:
                 texts = backend.run([r for _, r in batch])
             else:
                 with _LOCK:
                     texts = backend.run([r for _, r in batch])
+            self.seconds[who] = self.seconds.get(who, 0.0) + time.perf_counter() - t0
             self.calls += len(batch)
             self.cache.add({k: t for (k, _), t in zip(batch, texts, strict=True)})
             crash_point("engine_batch")

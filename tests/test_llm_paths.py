@@ -203,7 +203,8 @@ def test_bad_json_is_retried_once_then_made(tok, ctx):
     assert ran.sent() == [f"{V}#try0", f"{V}#try1"]
     assert ran.backend.requests[0].messages == ran.backend.requests[1].messages  # the same prompt, a new key
     assert [s.id for s in ran.samples] == [f"multihop:{ctx.id}:0"]
-    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}} and ran.rejects == []
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"certificates": 1}} and ran.rejects == []
+    assert set(ran.engine.seconds) == {"synthesize.multihop"}  # backend time charged to the stage
 
 
 def test_bad_json_beyond_max_retries_is_dropped(tok, ctx):
@@ -229,7 +230,7 @@ def test_each_round_sends_the_pending_jobs_of_all_contexts_together(tok):
     ran = run(tok, MULTIHOP, script, ctxs)
     assert ran.backend.batches == [3, 2] and ran.engine.calls == 5
     assert [s.id for s in ran.samples] == ["multihop:ctx:ctxA:0:0", "multihop:ctx:ctxB:0:0"]
-    assert ran.lineage == {"in": 3, "out": 2, "dropped": {"bad_json": 1}}
+    assert ran.lineage == {"in": 3, "out": 2, "dropped": {"bad_json": 1}, "notes": {"certificates": 2}}
     assert ran.rejects == [("synthesize.multihop", "bad_json", "multihop:ctx:ctxC:0:0")]
 
 
@@ -239,7 +240,7 @@ def test_a_rerun_from_the_request_cache_sends_nothing_and_makes_the_same_samples
     again = run(tok, MULTIHOP, [], [ctx], cache=tmp_path)  # an empty script: any request would fail
     assert again.backend.requests == [] and again.engine.calls == 0 and first.engine.calls == 2
     assert [s.to_row() for s in again.samples] == [s.to_row() for s in first.samples]
-    assert again.lineage == first.lineage == {"in": 1, "out": 1, "dropped": {}}
+    assert again.lineage == first.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"certificates": 1}}
 
 
 # --- multihop (direct) outputs and drop reasons ---------------------------------------------------
@@ -265,7 +266,7 @@ def test_multihop_good_output_points_at_the_cited_lines(tok, ctx):
     assert s.context_text() == ctx.text and s.messages[1]["content"] == "Duncan."
     assert s.meta["template"] == V and s.meta["certificate"]["chunks"] == 2
     assert s.meta["certificate"]["window_holds_all"] is False
-    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"certificates": 1}}
 
 
 @pytest.mark.parametrize(("output", "reason"), [

@@ -70,7 +70,7 @@ class VerifyStage(Filter[Sample]):
                         MATCH_SCHEMA, MATCH_VERSION, 16, temperature=0.0)
                 for o, (s, ref) in zip(outs, refs, strict=True)]
         out = []
-        for text in self.engine.generate(reqs) if reqs else []:
+        for text in self.engine.generate(reqs, who=self.name) if reqs else []:
             try:
                 out.append(1.0 if json.loads(text)["correct"] is True else 0.0)
             except (json.JSONDecodeError, KeyError, TypeError):
@@ -105,7 +105,7 @@ class VerifyStage(Filter[Sample]):
             reqs.append(self._req(q, "closed"))
             reqs.extend(self._req(DOC_OPEN + w + DOC_CLOSE + q, "local") for w in wins)
             reqs.append(self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full"))
-        outs = self.engine.generate(reqs) if reqs else []
+        outs = self.engine.generate(reqs, who=self.name) if reqs else []
         scores = self._score(plan, outs)
         verdict: dict[str, Verdict] = {}
         for s, i, n in plan:
@@ -156,7 +156,7 @@ class JudgeStage(Filter[Sample]):
             question=s.question.strip()[:600], answer=s.answer[:600],
             evidence="\n".join(f"- {e.text[:300]}" for e in s.evidence[:6]) or "(none recorded)")}],
             JUDGE_SCHEMA, JUDGE_VERSION, 128, temperature=0.0) for s in todo]
-        outs = dict(zip([s.id for s in todo], self.engine.generate(reqs) if reqs else [], strict=True))
+        outs = dict(zip([s.id for s in todo], self.engine.generate(reqs, who=self.name) if reqs else [], strict=True))
         return [self._verdict(s, outs[s.id]) if s.id in outs else KEEP for s in samples]
 
     def _verdict(self, s: Sample, out: str) -> Verdict:

@@ -316,7 +316,7 @@ class LLMStage(Producer[Context, Sample], Task):
             # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
             reqs = [Request(j.messages, j.schema, f"{j.template}#try{j.attempt}", j.max_tokens, j.temperature)
                     for j in pending]
-            texts = self.engine.generate(reqs)
+            texts = self.engine.generate(reqs, who=self.name)
             nxt: list[Job] = []
             for j, text in zip(pending, texts, strict=True):
                 obj = parse_json(text, j.schema)
