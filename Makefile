@@ -55,7 +55,7 @@ demo: setup model data
 	$(BIN)/lcdata build configs/demo.yaml --out out/demo
 	$(BIN)/lcdata inspect out/demo
 	$(BIN)/lcdata show out/demo --row 0 --max-chars 300
-	-$(BIN)/lcdata show out/demo --task multihop --max-chars 300
+	$(BIN)/lcdata show out/demo --task multihop --max-chars 300
 	$(BIN)/lcdata report out/demo
 	$(BIN)/lcdata train out/demo --run.out=runs/demo --run.steps=3 --batch.tokens_per_step=4096 --run.resume=false
 	$(BIN)/lcdata eval base=$(MODEL) trained=runs/demo/final --size small --out runs/demo/eval

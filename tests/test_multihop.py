@@ -305,3 +305,17 @@ def test_distractors_from_other_documents_are_inserted_with_provenance(tok, ctx)
         if p.doc_id == "t/macbeth":
             assert text[p.ctx_start:p.ctx_end] == TEXT[p.doc_start:p.doc_end]
     assert s.context_tokens <= roomy.target_tokens
+
+
+def test_inspect_lists_each_long_dependency_check_with_examined_and_rejected():
+    from lcdata.viewer import checks
+
+    stages = {"synthesize.multihop": {"in": 5, "out": 3, "dropped": {"window_holds_all": 1, "no_room": 1},
+                                      "notes": {"atoms_checked": 12, "atoms_closed_book": 2, "certificates": 4}},
+              "verify": {"in": 6, "out": 5, "dropped": {"answerable_locally": 1},
+                         "notes": {"checked": 6, "answerable_closed_book": 0, "answerable_locally": 2,
+                                   "full_context_fails": 4}}}
+    rows = [(r["stage"], r["examined"], r["rejected"]) for r in checks(stages)]
+    assert rows == [("synthesize.multihop", 12, 2), ("synthesize.multihop", 4, 1), ("verify", 6, 0),
+                    ("verify", 6, 2), ("verify", 6, 4)]
+    assert checks({}) == []  # a build without LLM tasks or verify lists none
