@@ -158,6 +158,10 @@ class MultihopTask(_LLMTask):
     chunk_chars: int = Field(1200, ge=200, description="Size of each chunk facts are taken from.")
     min_distance_frac: float = Field(0.25, ge=0, lt=1, description="Minimum gap between chunks, as a fraction of the context.")
     candidates: int = Field(3, ge=1, description="composed: atomic candidates per part (the first good one is used).")
+    fallback: Literal["cloze", "none"] = Field(
+        "cloze", description="composed: an atomic question of the model's that fails its checks (ungrounded, "
+        "degenerate, answer in it, invalid or truncated output) is replaced by a cloze written in code (the line "
+        "quoted, its answer blanked); none: that candidate fails.")
     closed_book_check: bool = Field(True, description="composed: drop atomic questions the generator answers closed-book.")
     closed_max: float = Field(0.5, ge=0, le=1, description="composed: closed-book token F1 at or above this = known.")
     merge: bool = Field(False, description="composed: the model rewrites the composed question as one fluent "

@@ -227,7 +227,7 @@ def all_answers(tok, ctx, cfg) -> set[str]:
 @pytest.mark.parametrize(("how", "reason"), [("known", "atomic_closed_book"), ("leak", "answer_in_question"),
                                              ("vague", "ungrounded_question"), ("bad", "bad_json")])
 def test_atomic_failures_in_every_candidate_drop_the_sample_once(tok, ctx, how, reason):
-    cfg = task("comparison", candidates=2)
+    cfg = task("comparison", candidates=2, fallback="none")
     answers = all_answers(tok, ctx, cfg)
     ran = run(tok, cfg, writer(**{how: answers}), [ctx])
     assert ran.samples == [] and counts(ran) == {"in": 1, "out": 0, "dropped": {reason: 1}}
@@ -240,9 +240,29 @@ def test_atomic_failures_in_every_candidate_drop_the_sample_once(tok, ctx, how, 
 
 
 def test_a_truncated_atomic_question_is_named_truncated(tok, ctx):
-    cfg = task("comparison", candidates=1, max_tokens=16)
+    cfg = task("comparison", candidates=1, max_tokens=16, fallback="none")
     ran = run(tok, cfg, lambda r: '{"question": "' + "word " * 40, [ctx])
     assert counts(ran) == {"in": 1, "out": 0, "dropped": {"truncated": 1}}
+
+
+@pytest.mark.parametrize("how", ["leak", "vague", "bad"])
+def test_a_failed_model_question_is_replaced_by_a_cloze_that_is_still_checked(tok, ctx, how):
+    cfg = task("ordering", candidates=1)
+    answers = all_answers(tok, ctx, cfg)
+    ran = run(tok, cfg, writer(**{how: answers}), [ctx])
+    (s,) = ran.samples
+    n = len(s.meta["atoms"])
+    assert ran.lineage["notes"]["atoms_cloze"] == n == ran.lineage["notes"]["atoms_checked"]
+    reason = {"leak": "answer_in_question", "vague": "ungrounded_question", "bad": "bad_json"}[how]
+    for at in s.meta["atoms"]:
+        assert at["writer"] == "cloze" and at["replaced"] == reason
+        assert at["question"].startswith("Which word or name fills the blank in this line of the document:")
+        assert at["answer"] not in at["question"] and "___" in at["question"]
+    checks = [r.messages[0]["content"] for r in ran.backend.requests if r.template_version.startswith("atomic_check")]
+    assert len(checks) == n and all("fills the blank" in c for c in checks)  # the cloze is checked closed-book
+    for at in s.meta["atoms"]:  # the blanked line is a line of the context with the answer in the blank
+        line = at["question"].split(': "', 1)[1].rsplit('"?', 1)[0]
+        assert line.replace("___", at["answer"]) in ctx.text
 
 
 def test_no_room_sends_nothing(tok):

@@ -217,6 +217,14 @@ class Atom:
     question: str = ""
     status: str = "pending"  # pending, ok, or the reason it failed
     known: str = ""  # the generator's closed-book answer
+    writer: str = "llm"  # llm, or cloze: the model's question failed (``replaced``) and code wrote one
+    replaced: str = ""
+
+
+def cloze(text: str, fact: Fact) -> str:
+    """A question written in code: the fact's line quoted with its answer blanked."""
+    line = text[fact.line_start:fact.start] + "___" + text[fact.end:fact.line_end]
+    return f'Which word or name fills the blank in this line of the document: "{line.strip()}"?'
 
 
 def compose(form: str, atoms: list[Atom], rng: random.Random) -> tuple[str, str, dict[str, Any]]:
@@ -366,6 +374,10 @@ class MultihopStage(LLMStage):
 
     def _atom_failed(self, j: Job[AtomJob], text: str) -> Iterator[Sample | Job[Any]]:
         j.data.atom.status = self.bad_output(j, text)[0]
+        yield from self._settle(j)
+
+    def _check_failed(self, j: Job[AtomJob], text: str) -> Iterator[Sample | Job[Any]]:
+        j.data.atom.status = self.bad_output(j, text)[0]
         j.data.plan.open_jobs -= 1
         yield from self.maybe_compose(j.data.plan)
 
@@ -381,6 +393,16 @@ class MultihopStage(LLMStage):
             atom.status = "answer_in_question"
         elif not grounded(q, line, atom.fact.answer):
             atom.status = "ungrounded_question"
+        yield from self._settle(j)
+
+    def _settle(self, j: Job[AtomJob]) -> Iterator[Sample | Job[Any]]:
+        """After the model's question: a failed one is replaced by a cloze (``fallback``); a
+        usable one goes to its closed-book check."""
+        plan, atom = j.data.plan, j.data.atom
+        if atom.status != "pending" and self.cfg.fallback == "cloze":
+            atom.replaced, atom.status, atom.writer = atom.status, "pending", "cloze"
+            atom.question = cloze(plan.ctx.text, atom.fact)
+            self.note("atoms_cloze")
         if atom.status != "pending" or not self.cfg.closed_book_check:
             if atom.status == "pending":
                 atom.status = "ok"
@@ -389,8 +411,8 @@ class MultihopStage(LLMStage):
             return
         # the atom's closed-book check: greedy, the question alone
         self.note("atoms_checked")
-        yield Job([], self.user(q + BRIEF), CHECK, None, 32, self._checked, j.data, on_fail=self._atom_failed,
-                  temperature=0.0)
+        yield Job([], self.user(atom.question + BRIEF), CHECK, None, 32, self._checked, j.data,
+                  on_fail=self._check_failed, temperature=0.0)
 
     def _checked(self, j: Job[AtomJob], obj: dict[str, Any]) -> Iterator[Sample | Job[Any]]:
         plan, atom = j.data.plan, j.data.atom
@@ -476,7 +498,8 @@ class MultihopStage(LLMStage):
             evidence=ev, tok=self.tok, short_max_tokens=self.short_max, purpose=PURPOSE_TRAIN,
             meta=self.meta(ATOMIC, form=plan.form, chunks=plan.chunks, **plan.extra,
                            atoms=[{"question": t.question, "answer": t.fact.answer, "kind": t.fact.kind,
-                                   "closed_book": t.known} for t in atoms]))
+                                   "writer": t.writer, "replaced": t.replaced, "closed_book": t.known}
+                                  for t in atoms]))
         # every atom's line lies in a chunk of its own (a bridge: min_distance_frac apart)
         cert = certificate(s, self.cfg.window_tokens, len(spans))
         s.meta["certificate"] = cert
