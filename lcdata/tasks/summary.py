@@ -126,6 +126,13 @@ class SummaryStage(LLMStage):
         return Job([], self.user(prompt), self.MAP, SUMMARY_SCHEMA, self.cfg.max_tokens, self._section,
                    SectionOf(st, path, span), on_fail=self._section_failed)
 
+    def _retried(self, j: Job[Any]) -> bool:
+        """Take another attempt at ``j`` (its output looped) while ``max_retries`` allows."""
+        if j.attempt < self.cfg.max_retries:
+            j.attempt += 1
+            return True
+        return False
+
     # --- map ----------------------------------------------------------------------------------
 
     def _section(self, j: Job[SectionOf], obj: dict[str, Any]) -> Iterator[Job[Any]]:
@@ -134,8 +141,7 @@ class SummaryStage(LLMStage):
             return
         text = str(obj["summary"]).strip()
         if repetitive(text):
-            if j.attempt < self.cfg.max_retries:
-                j.attempt += 1
+            if self._retried(j):
                 yield j
             else:
                 yield from self._piece_failed(j, "degenerate_output", f"a repetitive summary after {j.attempt + 1} "
@@ -215,8 +221,7 @@ class SummaryStage(LLMStage):
             return
         text = str(obj["summary"]).strip()
         if repetitive(text):
-            if j.attempt < self.cfg.max_retries:
-                j.attempt += 1
+            if self._retried(j):
                 yield j
             else:
                 self._fail(st, "degenerate_output", f"level {r.level} summary of sections {r.first}-{r.last}: "
@@ -241,8 +246,7 @@ class SummaryStage(LLMStage):
             self._fail(st, "empty_output", f"summary of {len(summary)} chars", summary)
             return
         if repetitive(summary):
-            if j.attempt < self.cfg.max_retries:
-                j.attempt += 1
+            if self._retried(j):
                 yield j
             else:
                 self._fail(st, "degenerate_output", f"the final summary is repetitive after {j.attempt + 1} attempts",
