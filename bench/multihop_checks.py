@@ -9,6 +9,7 @@ certificates of the kept multi-hop samples; and the synthesis counts and engine 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -28,11 +29,12 @@ def main(out: Path) -> None:
     vcfg = (yaml.safe_load((out / "config.yaml").read_text()).get("filters") or {}).get("verify") or {}
     closed_max, local_max, full_min = (vcfg.get(k, 0.5) for k in ("closed_max", "local_max", "full_min"))
     examined = [(s["task"], json.loads(s["meta"]).get("verify")) for s in samples]
-    for r in rejects:
+    for r in rejects:  # the record is cut at a size limit: the scores are in the message
         if r["stage"] == "verify":
-            rec = json.loads(r["record"]) if isinstance(r["record"], str) else r["record"]
-            meta = rec["meta"] if isinstance(rec["meta"], dict) else json.loads(rec["meta"])
-            examined.append((rec["task"], meta.get("verify")))
+            got = re.match(r"closed ([\d.]+), local ([\d.]+), full ([\d.]+)", r["message"])
+            if got:
+                task = r["record_id"].split(":", 1)[0]
+                examined.append((task, dict(zip(("closed", "local", "full"), map(float, got.groups()), strict=True))))
     by_task: dict[str, Counter] = {}
     for task, v in examined:  # each ablation counted alone, as verify's notes do
         if not v or "closed" not in v:

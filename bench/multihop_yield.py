@@ -10,6 +10,7 @@ call per sample; after: composed from atomic QA), so one machine compares both s
     PYTHONPATH=NEW_CHECKOUT .venv/bin/python bench/multihop_yield.py out/demo configs/demo.yaml
 
 Keys of the config's multihop entry that a checkout does not know are left out (printed).
+A third argument runs another LLM task of the config the same way (``compare``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pyarrow.ipc as ipc
 import yaml
 
 
-def main(out: Path, config: Path) -> None:
+def main(out: Path, config: Path, kind: str = "multihop") -> None:
     from lcdata.chat import ChatTokenizer
     from lcdata.config import BuildConfig
     from lcdata.engine import Engine
@@ -32,9 +33,9 @@ def main(out: Path, config: Path) -> None:
     from lcdata.tasks import TASKS
 
     raw = yaml.safe_load(config.read_text())
-    cls = TASKS["multihop"]
+    cls = TASKS[kind]
     known = set(cls.Config.model_fields)
-    entry = next(t for t in raw["tasks"] if t["kind"] == "multihop")
+    entry = next(t for t in raw["tasks"] if t["kind"] == kind)
     skipped = sorted(set(entry) - known)
     raw["tasks"] = [{k: v for k, v in entry.items() if k in known}]
     cfg = BuildConfig.model_validate(raw)
@@ -55,8 +56,11 @@ def main(out: Path, config: Path) -> None:
     ctxs = [Context.from_row(r) for p in sorted((out / "contexts").glob("*.arrow"))
             for r in ipc.open_file(str(p)).read_all().to_pylist()]
     lin = Lineage()
-    stage = cls(cfg.tasks[0], engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lin, RejectSink(None))
+    rejects = RejectSink(None)
+    stage = cls(cfg.tasks[0], engine, tok, cfg.seed, cfg.assemble.short_max_tokens).bind(lin, rejects)
     samples = list(stage.run(ctxs))
+    for r in rejects.rows[:8]:  # what the model wrote, for the drops
+        print("--- dropped", r["reason"], r["record"][-400:], file=sys.stderr)
     st = lin.to_json()[stage.name]
     kept = len(samples)
     print(json.dumps({
@@ -70,4 +74,4 @@ def main(out: Path, config: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), Path(sys.argv[2]))
+    main(Path(sys.argv[1]), Path(sys.argv[2]), *sys.argv[3:4])

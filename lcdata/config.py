@@ -6,6 +6,7 @@ default filled in) is saved beside every output (``manifest.json`` and ``config.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -38,8 +39,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+SOURCE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
 class SourceConfig(_Strict):
-    name: str = Field(description="Unique source name; prefixes document ids.")
+    name: str = Field(description="Unique source name; prefixes document ids and output file names "
+                      "(letters, digits, `_`, `-`, `.`; no `/`).")
     kind: SourceKind
     path: str | None = Field(None, description="File or directory; required for generic kinds.")
     text_field: str = "text"
@@ -55,6 +60,18 @@ class SourceConfig(_Strict):
     docs_per_shard: int = Field(256, ge=1, description="Documents per input shard (whole groups are kept together).")
     license: str | None = Field(None, description="The texts' licence for the dataset card (SPDX id, e.g. CC-BY-4.0); "
                                 "shipped corpora know theirs.")
+
+    follow_symlinks: bool = Field(False, description="Read files that symlinks point to outside the source's "
+                                  "root (by default such links are dropped, reason `symlink_outside_root`).")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        # the name becomes part of file names under OUT: nothing in it may leave the directory
+        if not re.match(SOURCE_NAME, v) or ".." in v:
+            raise ValueError(f"source name {v!r} must be 1-64 letters, digits, `_`, `-` or `.` (no `/`, no `..`), "
+                             "starting with a letter or digit; rename it")
+        return v
 
     @field_validator("kind")
     @classmethod
@@ -107,6 +124,13 @@ class NeedlesTask(_Strict):
     n_queried: int = Field(2, ge=1, description="How many of them the question asks for.")
     depths: list[float] | None = Field(None, description="Insertion depths in [0,1]; default: spread over deciles.")
     purpose: Literal["train", "eval"] = "train"
+
+    @model_validator(mode="after")
+    def _queried(self) -> NeedlesTask:
+        if self.n_queried > self.n_needles:
+            raise ValueError(f"`needles.n_queried` ({self.n_queried}) must be <= `n_needles` ({self.n_needles}): "
+                             "a question cannot ask for more facts than were inserted")
+        return self
 
 
 class KVTrackingTask(_Strict):
@@ -180,12 +204,16 @@ class MultihopTask(_LLMTask):
 
 
 class CompareTask(_LLMTask):
-    """LLM-written comparison of two distant sections of the context (needs the engine)."""
+    """What two distant sections of the context say about one thing both name (topic and
+    evidence lines chosen in code, one sentence per section by the model; needs the engine)."""
 
     kind: Literal["compare"] = "compare"
     per_context: int = Field(1, ge=0)
     chunk_chars: int = Field(1200, ge=200, description="Size of each section shown to the model.")
     min_distance_frac: float = Field(0.3, ge=0, lt=1, description="Minimum gap between the two sections.")
+    fallback: Literal["quote", "none"] = Field(
+        "quote", description="A side the model wrote that is not about its section (or repeats itself): quote the "
+        "section's line naming the topic instead (`quote`), or drop the sample (`none`, reason ungrounded_output).")
 
 
 class SummaryTask(_LLMTask):
@@ -359,7 +387,7 @@ class ShardConfig(_Strict):
 
 class BuildConfig(_Strict):
     name: str = "lcdata-dataset"
-    seed: int = 0
+    seed: int = Field(0, ge=0, description="Seeds every random choice (numpy needs it >= 0).")
     model: str = Field("models/smollm2-135m-instruct", description="Directory with tokenizer.json + chat template.")
     sources: list[SourceConfig]
     read: ReadConfig = Field(default_factory=ReadConfig)
@@ -408,8 +436,10 @@ def _format_errors(err: ValidationError, where: str) -> str:
         loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key `{loc}`: remove it or fix its spelling")
+        elif not loc:  # a check across fields (model validator) has no single location
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  `{loc}`: {e['msg']}")
+            lines.append(f"  `{loc}`: {e['msg'].removeprefix('Value error, ')}")
     return "\n".join(lines)
 
 

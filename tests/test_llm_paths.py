@@ -33,10 +33,10 @@ from lcdata.read.corpora import shakespeare_root
 from lcdata.schema import Context, Part, Sample
 from lcdata.stage import Lineage, RejectSink, Stage
 from lcdata.tasks.base import DOC_CLOSE, make_sample
+from lcdata.tasks.compare import SAYS_PATTERN, CompareStage, shared_topics
 from lcdata.tasks.lift import LiftStage, ShortQAStage
 from lcdata.tasks.multihop import MultihopStage
 from lcdata.tasks.summary import SummaryStage
-from lcdata.tasks.synth import CompareStage
 
 PLAY = (shakespeare_root() / "tragedies" / "macbeth.md").read_text()
 TEXT = PLAY[:20000]
@@ -292,63 +292,100 @@ def test_multihop_without_room_sends_nothing(tok):
 # --- compare ------------------------------------------------------------------------------------
 
 COMPARE = CompareTask(chunk_chars=800, max_retries=0)
-GOOD_CMP = {"topic": "the king", "passage_1": "Here the thanes praise the king.",
-            "passage_2": "Here the king's death is mourned.", "evidence_1": "P1.1", "evidence_2": "P2.2"}
 
 
-def test_compare_schema_offers_each_section_its_own_labels(tok, ctx):
-    ran = run(tok, COMPARE, [json.dumps(GOOD_CMP)], [ctx])
+def sides_for(r: Request) -> dict[str, str]:
+    """A good output for a compare prompt: each side quotes words of its own passage."""
+    content = r.messages[0]["content"]
+    p1 = content.split("Passage 1:\n", 1)[1].split("\n\nPassage 2:", 1)[0]
+    p2 = content.split("Passage 2:\n", 1)[1].split("\n\nWrite one", 1)[0]
+
+    def sentence(p: str) -> str:
+        words = [w for w in re.findall(r"[A-Za-z]{5,}", p)][:4]
+        return f"It tells of {' and '.join(w.lower() for w in words)} here."
+    return {"passage_1": sentence(p1), "passage_2": sentence(p2)}
+
+
+def test_compare_topic_and_evidence_lines_are_chosen_in_code(tok, ctx):
+    ran = run(tok, COMPARE, lambda r: json.dumps(sides_for(r)), [ctx])
     (r,) = ran.backend.requests
-    labels = labels_in(r.messages[0]["content"])
-    props = r.schema["properties"]
-    assert props["evidence_1"] == {"type": "string", "enum": [k for k in labels if k.startswith("P1.")]}
-    assert props["evidence_2"] == {"type": "string", "enum": [k for k in labels if k.startswith("P2.")]}
-    assert props["evidence_1"]["enum"] and props["evidence_2"]["enum"]
-    assert set(r.schema["required"]) == {"topic", "passage_1", "passage_2", "evidence_1", "evidence_2"}
-    assert r.template_version == "compare.v3#try0"
+    assert r.template_version == "compare.v4#try0"
+    assert r.schema["required"] == ["passage_1", "passage_2"]
+    assert r.schema["properties"]["passage_1"] == {"type": "string", "pattern": SAYS_PATTERN}
+    (s,) = ran.samples
+    topic = s.meta["topic"]
+    assert f'Both mention "{topic}"' in r.messages[0]["content"]
+    (a1, b1), (a2, b2) = s.meta["chunks"]
+    e1, e2 = s.evidence
+    assert a1 <= e1.start < b1 and a2 <= e2.start < b2  # one line in each section, each naming the topic
+    assert topic in e1.text and topic in e2.text and "\n" not in e1.text.strip()
+    assert_spans(s, ctx.text)
+    assert s.meta["writers"] == ["llm", "llm"] and s.meta["grounding"] == ["topic", "topic"]
+    assert f"about {topic}?" in s.messages[0]["content"]
+    out = json.loads(json.dumps(sides_for(r)))
+    assert s.messages[1]["content"] == f"The first part: {out['passage_1']}\nThe second part: {out['passage_2']}"
+    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"sides_llm": 2}}
 
 
 @pytest.mark.parametrize("bad", [
-    {"evidence_1": "P1.999"},  # a label not shown
-    {"evidence_1": "P2.1"},  # shown, but in the other section
-    {"evidence_2": "P1.1"},
-    {"evidence_1": "Here the thanes praise the king."},  # a quote instead of a label
-    {"evidence_1": ["P1.1"]},
-    {"evidence_2": None},
+    {"passage_1": "P1.3 says the king is dead here."},  # a line label (digits)
+    {"passage_2": "[P2.1] The thane."},  # brackets
+    {"passage_1": "short."},
+    {"passage_2": None},
 ])
-def test_compare_evidence_outside_the_enums_is_retried_then_bad_json(tok, ctx, bad):
-    ran = run(tok, COMPARE.model_copy(update={"max_retries": 1}), [json.dumps(GOOD_CMP | bad)] * 2, [ctx])
-    assert ran.sent() == ["compare.v3#try0", "compare.v3#try1"]
+def test_compare_outputs_outside_the_schema_are_retried_then_bad_json(tok, ctx, bad):
+    script = lambda r: json.dumps(sides_for(r) | bad)  # noqa: E731
+    ran = run(tok, COMPARE.model_copy(update={"max_retries": 1}), script, [ctx])
+    assert ran.sent() == ["compare.v4#try0", "compare.v4#try1"]
     assert ran.samples == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"bad_json": 1}}
     assert ran.rejects == [("synthesize.compare", "bad_json", f"compare:{ctx.id}:0")]
-    missing = {k: v for k, v in GOOD_CMP.items() if k != "evidence_2"}
-    assert run(tok, COMPARE, [json.dumps(missing)], [ctx]).lineage["dropped"] == {"bad_json": 1}
 
 
-@pytest.mark.parametrize(("output", "reason"), [
-    (GOOD_CMP | {"passage_2": GOOD_CMP["passage_1"]}, "degenerate_output"),
-    (GOOD_CMP | {"passage_2": "As said in P1.3, the king is dead."}, "degenerate_output"),
-    (GOOD_CMP | {"passage_1": "Short."}, "empty_output"),
+GENERIC = "This passage provides a more detailed explanation of the topic."
+
+
+@pytest.mark.parametrize(("fallback", "side2", "writers", "lineage"), [
+    ("quote", GENERIC, ["llm", "quote"], {"in": 1, "out": 1, "dropped": {}, "notes": {"sides_llm": 1, "sides_quote": 1}}),
+    ("quote", None, ["llm", "quote"], {"in": 1, "out": 1, "dropped": {}, "notes": {"sides_llm": 1, "sides_quote": 1}}),
+    ("none", GENERIC, None, {"in": 1, "out": 0, "dropped": {"ungrounded_output": 1}}),
 ])
-def test_compare_drop_reasons(tok, ctx, output, reason):
-    ran = run(tok, COMPARE, [json.dumps(output)], [ctx])
-    assert ran.samples == [] and ran.sent() == ["compare.v3#try0"]
-    assert ran.lineage == {"in": 1, "out": 0, "dropped": {reason: 1}}
-    assert ran.rejects == [("synthesize.compare", reason, f"compare:{ctx.id}:0")]
-
-
-def test_compare_good_output_has_evidence_in_both_sections(tok, ctx):
-    ran = run(tok, COMPARE, [json.dumps(GOOD_CMP)], [ctx])
+def test_compare_a_side_not_about_its_section_is_quoted_or_dropped(tok, ctx, fallback, side2, writers, lineage):
+    """A generic sentence (no two content words of its section), or one repeating side 1 (None
+    here), is replaced by the section's line that names the topic, or drops the sample."""
+    def script(r: Request) -> str:
+        good = sides_for(r)
+        return json.dumps(good | {"passage_2": side2 or good["passage_1"]})
+    ran = run(tok, COMPARE.model_copy(update={"fallback": fallback}), script, [ctx])
+    assert ran.lineage == lineage
+    if writers is None:
+        assert ran.samples == [] and ran.rejects == [("synthesize.compare", "ungrounded_output", f"compare:{ctx.id}:0")]
+        return
     (s,) = ran.samples
-    labels = labels_in(ran.backend.requests[0].messages[0]["content"])
-    assert [e.text for e in s.evidence] == [labels["P1.1"], labels["P2.2"]]
-    (a1, b1), (a2, b2) = s.meta["chunks"]
-    assert a1 <= s.evidence[0].start < b1 and a2 <= s.evidence[1].start < b2
-    assert_spans(s, ctx.text)
-    assert s.meta["grounding"] == ["label", "label"] and s.meta["template"] == "compare.v3"
-    assert "about the king?" in s.messages[0]["content"]
-    assert s.messages[1]["content"] == f"The first part: {GOOD_CMP['passage_1']}\nThe second part: {GOOD_CMP['passage_2']}"
-    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}}
+    assert s.meta["writers"] == writers
+    assert s.messages[1]["content"].endswith(f'The second part: it says "{s.evidence[1].text.strip()}"')
+
+
+def test_compare_shared_topics_name_one_thing_in_each_section(ctx):
+    text = ctx.text
+    chunks = [(1000, 1800), (15000, 15800)]
+    topics = shared_topics(text, chunks)
+    assert topics
+    for f1, f2 in topics:
+        assert f1.answer == f2.answer and len(f1.answer) >= 4
+        assert chunks[0][0] <= f1.start < chunks[0][1] and chunks[1][0] <= f2.start < chunks[1][1]
+        assert text[f1.start:f1.end] == f1.answer and text[f2.start:f2.end] == f2.answer
+        assert f1.answer.lower() not in {"that", "with", "self", "return", "shall", "thou", "thus"}
+    t = "Orlando walks in the forest today.\n" + "a filler line that is long enough\n" * 3 + "Rosalind sings in the castle now.\n"
+    assert shared_topics(t, [(0, 35), (len(t) - 34, len(t))]) == []
+    t2 = t.replace("castle now", "forest now")
+    assert [f.answer for f, _ in shared_topics(t2, [(0, 35), (len(t2) - 34, len(t2))])] == ["forest"]
+
+
+def test_compare_without_a_shared_topic_is_no_room(tok):
+    lines = [f"Line {i} talks about subject{i} alone in this place." for i in range(400)]
+    text = "\n".join(lines)
+    ran = run(tok, COMPARE, [], [context(tok, text, "plain")])
+    assert ran.backend.requests == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"no_room": 1}}
 
 
 # --- LIFT QA and short-window QA ----------------------------------------------------------------

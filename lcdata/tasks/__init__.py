@@ -1,6 +1,6 @@
 """Tasks turn Contexts into Samples. Every task kind is one class registered in ``TASKS``
 (``lcdata.tasks.base.Task``): programmatic tasks (``programmatic.py``) run together in the
-``tasks`` stage; each LLM task (``synth.py``, ``lift.py``) is a stage of its own."""
+``tasks`` stage; each LLM task (``multihop.py``, ``compare.py``, ``summary.py``, ``lift.py``) is a stage of its own."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 from lcdata.chat import ChatTokenizer
 from lcdata.schema import Context, Sample
 from lcdata.stage import Producer
-from lcdata.tasks import lift, multihop, programmatic, summary, synth  # noqa: F401 - defining the classes registers them
+from lcdata.tasks import compare, lift, multihop, programmatic, summary, synth  # noqa: F401 - defining the classes registers them
 from lcdata.tasks.base import TASKS, ProgrammaticTask
 
 

@@ -181,11 +181,12 @@ def bridge_facts(text: str, chunks: list[tuple[int, int]], min_gap: int, k: int,
     rng.shuffle(names)
     for h1 in names:
         hop2: list[Fact] = []
+        h1_line = text.rfind("\n", 0, h1.start) + 1
         for m in re.finditer(rf"(?<!\w){re.escape(h1.answer)}(?!\w)", text):
             at = m.start()
-            if abs(at - h1.start) < min_gap:
-                continue
             ls = text.rfind("\n", 0, at) + 1
+            if abs(ls - h1_line) < min_gap:  # measured between the evidence lines, as the certificate does
+                continue
             le = text.find("\n", at)
             hop2 += [f for f in line_facts(text, ls, len(text) if le < 0 else le) if h1.answer not in f.answer
                      and f.answer not in h1.answer and f.answer not in text[ls:f.start].split()[-1:]]
@@ -507,6 +508,11 @@ class MultihopStage(LLMStage):
         if cert["window_holds_all"] or cert["chunks"] < 2:
             self.drop(plan.sample_id, "window_holds_all", f"one {self.cfg.window_tokens}-token window holds every "
                       f"evidence span ({cert['distance_tokens']} tokens first to last)", {"certificate": cert})
+            return None
+        if cert["distance_frac"] < self.cfg.min_distance_frac:  # e.g. distractors grew the context
+            self.drop(plan.sample_id, "evidence_too_close", f"first to last evidence line {cert['distance_frac']:.1%} "
+                      f"of the context, below `min_distance_frac` {self.cfg.min_distance_frac:.0%}",
+                      {"certificate": cert})
             return None
         return s
 

@@ -1,7 +1,7 @@
-"""LLM-synthesized samples (vLLM engine): the job loop shared by every LLM task, and the
-tasks that read distant parts of one context: multi-hop questions, section-to-section
-comparisons and map-reduce global summaries. LIFT segment QA, memorization and short-window
-QA live in ``lcdata.tasks.lift``.
+"""LLM-synthesized samples (vLLM engine): the job loop every LLM task shares (``LLMStage``)
+and its helpers (JSON parsing against a job's schema, line labels, chunk picking). The tasks
+live beside it: ``multihop``, ``compare``, ``summary`` and ``lift`` (LIFT segment QA,
+memorization, short-window QA).
 
 A task plans *jobs* (one prompt each, a JSON schema, a template version) per context; the
 stage sends every pending job of a shard to the engine in one batched call per round, parses
@@ -10,13 +10,14 @@ which returns samples and/or follow-up jobs (summary: sections first, then the w
 
 Accounting: ``in`` counts the samples a task planned, ``out`` those made, and every planned
 sample not made is dropped once with a reason (no_room, bad_json, missing_qa,
-ambiguous_anchor, empty_output, degenerate_output), so in == out + dropped.
+ambiguous_anchor, empty_output, degenerate_output ...), so in == out + dropped.
 Evidence is grounded back into the context: a line label maps to its exact span, a quoted
 sentence is located exactly, normalised or fuzzily; unlocated evidence is never kept. Where
-a task cites labelled lines (compare, LIFT and short QA), its schema is made per job and
-offers the labels shown as an ``enum`` (compare: one field per section), so guided decoding
-cannot cite a line it did not show, and ``parse_json`` rejects such an output from a backend
-without it (retried, then bad_json): their evidence is always located, in every section.
+a task cites labelled lines (LIFT and short QA, multihop's direct method), its schema is made
+per job and offers the labels shown as an ``enum``, so guided decoding cannot cite a line it
+did not show, and ``parse_json`` rejects such an output from a backend without it (retried,
+then bad_json): their evidence is always located. Composed multihop and compare choose their
+evidence lines in code.
 """
 
 from __future__ import annotations
@@ -26,17 +27,16 @@ import json
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Generic, TypeVar
 
 from lcdata.chat import ChatTokenizer
-from lcdata.config import CompareTask
 from lcdata.engine import Engine, Request
 from lcdata.grounding import ground
-from lcdata.schema import Context, Sample, sample_id
+from lcdata.schema import Context, Sample
 from lcdata.stage import Planned, Producer
-from lcdata.tasks.base import Task, line_start_near, make_sample
+from lcdata.tasks.base import Task, line_start_near
 
 _EVIDENCE = {"type": "array", "items": {"type": "string", "maxLength": 300}, "minItems": 1, "maxItems": 6}
 
@@ -69,24 +69,7 @@ def cited(labels: Iterable[str]) -> dict[str, Any]:
     return {"type": "string", "enum": list(labels)}
 
 
-def compare_schema(labels: Labels) -> dict[str, Any]:
-    """One field per passage (the small model keeps them apart better than in one text), and one
-    cited line of each: ``evidence_k`` is one of the labels shown in passage k."""
-    return {
-        "type": "object",
-        "properties": {
-            "topic": {"type": "string", "minLength": 3, "maxLength": 60},
-            "passage_1": {"type": "string", "minLength": 20, "maxLength": 300},
-            "passage_2": {"type": "string", "minLength": 20, "maxLength": 300},
-            **{f"evidence_{k + 1}": cited(lab for lab, (_, _, c) in labels.items() if c == k) for k in (0, 1)},
-        },
-        "required": ["topic", "passage_1", "passage_2", "evidence_1", "evidence_2"],
-        "additionalProperties": False,
-    }
-
-
-_LABEL_IN_TEXT = re.compile(r"\bP\d+\.\d+\b|\bpassage\s*\d", re.I)
-MIN_OUTPUT_CHARS = 20  # shorter summaries/comparisons are not worth training on
+MIN_OUTPUT_CHARS = 20  # shorter summaries are not worth training on
 
 
 def template(version: str) -> str:
@@ -95,21 +78,23 @@ def template(version: str) -> str:
 
 def pick_chunks(text: str, n: int, chunk_chars: int, min_gap_frac: float, rng: random.Random) -> list[tuple[int, int]] | None:
     """``n`` line-aligned chunks in distinct depth deciles, consecutive starts at least
-    ``min_gap_frac`` of the text apart; None when the text is too short for that."""
+    ``min_gap_frac`` of the text apart, and the last chunk's start at least that plus one chunk
+    after the first's end (so any line of the first and any line of the last are that far
+    apart); None when the text is too short for that."""
     L = len(text)
     if L < n * chunk_chars or (n - 1) * min_gap_frac >= 1:
         return None
     for _ in range(20):
         deciles = sorted(rng.sample(range(10), n))
         starts = [line_start_near(text, int((d + rng.random()) / 10 * (L - chunk_chars))) for d in deciles]
-        if all(b - a >= min_gap_frac * L and b - a >= chunk_chars for a, b in zip(starts, starts[1:], strict=False)):
+        if all(b - a >= min_gap_frac * L and b - a >= chunk_chars for a, b in zip(starts, starts[1:], strict=False)) \
+                and (n < 2 or starts[-1] - starts[0] >= min_gap_frac * L + chunk_chars):
             return [(s, min(L, s + chunk_chars)) for s in starts]
     return None
 
 
 # a line label, alone or leading a copy of the line ("P1.3. The king...", "[P2.1]", "1.4")
 _LABEL = re.compile(r"^\W*P?\s*(\d+)\s*[.:]\s*(\d+)(?!\d)(?:\W|$)", re.I)
-_LABEL_PREFIX = re.compile(r"^\s*(\[?\s*P\d+\.\d+\s*\]?|passage\s*\d+)\s*[.:,)-]*\s*", re.I)
 Labels = dict[str, tuple[int, int, int]]  # "P1.3" -> (start, end, chunk)
 
 
@@ -195,13 +180,6 @@ class Passages:
     index: int
     chunks: list[tuple[int, int]]
     labels: Labels
-
-
-@dataclass
-class Sections(Passages):
-    """A compare job: two sections and the unique opening line that names each in the question."""
-
-    anchors: list[str] = field(default_factory=list)
 
 
 def bad_qa(qa: dict[str, Any]) -> str | None:
@@ -366,64 +344,3 @@ def anchor(text: str, start: int, end: int, max_chars: int = 70, look: int = 6) 
         if len(cand) >= 12 and text.count(cand) == 1 and (best is None or len(cand) > len(best)):
             best = cand
     return best
-
-
-class CompareStage(LLMStage):
-    """Two sections at least ``min_distance_frac`` apart; the model names a shared aspect,
-    compares them and cites a line of each (``evidence_k``: one of the labels shown in section
-    k, an enum of the job's schema); the question quotes each section's opening so it can be
-    answered from the whole context."""
-
-    kind, Config = "compare", CompareTask
-
-    # v3: evidence_1/evidence_2, one shown label of each passage (v2: a free evidence list;
-    # v1: one free comparison)
-    VERSION = "compare.v3"
-
-    def plan(self, ctx: Context) -> Iterator[Sample | Job | Planned]:
-        tpl = template(self.VERSION)
-        for i in range(self.cfg.per_context):
-            rng = random.Random(f"{self.seed}:compare:{ctx.id}:{i}")
-            uid = sample_id("compare", ctx.id, i)
-            chunks = pick_chunks(ctx.text, 2, self.cfg.chunk_chars, self.cfg.min_distance_frac, rng)
-            anchors = [anchor(ctx.text, a, b) for a, b in chunks] if chunks else []
-            if chunks is None or None in anchors:
-                yield Planned()
-                reason = "no_room" if chunks is None else "ambiguous_anchor"
-                self.drop(uid, reason, f"{ctx.id}: no two sections {self.cfg.chunk_chars} chars long and "
-                          f"{self.cfg.min_distance_frac:.0%} apart with a unique opening line; lower "
-                          "tasks.compare.chunk_chars or min_distance_frac", {"context": ctx.id})
-                continue
-            passages, labels = label_lines(ctx.text, chunks)
-            yield Job([uid], self.user(tpl.format(source=ctx.source, passages=passages)), self.VERSION,
-                      compare_schema(labels), self.cfg.max_tokens, self._handle,
-                      Sections(ctx, i, chunks, labels, [a for a in anchors if a is not None]))
-
-    def _handle(self, j: Job[Sections], obj: dict[str, Any]) -> Iterator[Sample]:
-        ctx, chunks, anchors = j.data.ctx, j.data.chunks, j.data.anchors
-        uid = j.sample_ids[0]
-        topic = str(obj["topic"]).strip().rstrip(".?")
-        # "Passage 1: ..." / "P1.3. ..." prefixes are the prompt's scaffolding: cut, not fatal
-        said = [_LABEL_PREFIX.sub("", str(obj[k]), count=1).strip() for k in ("passage_1", "passage_2")]
-        if not topic or min(len(x) for x in said) < MIN_OUTPUT_CHARS:
-            self.drop(uid, "empty_output", "empty topic or comparison", {"output": obj})
-            return
-        if said[0] == said[1] or any(_LABEL_IN_TEXT.search(x) for x in [topic, *said]):
-            # labels or "passage 2" in the text cannot be read without the prompt's labelling
-            self.drop(uid, "degenerate_output", "both sides identical, or line labels in the text",
-                      {"output": obj})
-            return
-        # parse_json let through evidence_k only from the labels of section k (the schema's enums):
-        # each names its line, so the evidence is always located and in both sections (compare
-        # has no evidence_not_found / evidence_single_chunk; a KeyError here is a bypassed check)
-        found = [Located(ctx.text[a:b], a, b, k, "label")
-                 for a, b, k in (j.data.labels[obj[f"evidence_{n}"]] for n in (1, 2))]
-        question = (f'Compare the part of the document around "{anchors[0]}" with the part around '
-                    f'"{anchors[1]}": what does each of them say about {topic}?')
-        answer = f"The first part: {said[0]}\nThe second part: {said[1]}"
-        yield make_sample(
-            task="compare", index=j.data.index, ctx=ctx, text=ctx.text, parts=ctx.parts, question=question,
-            answer=answer, evidence=found, tok=self.tok,
-            short_max_tokens=self.short_max,
-            meta=self.meta(self.VERSION, chunks=chunks, topic=topic, grounding=[f.method for f in found]),
-        )
