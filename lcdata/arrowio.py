@@ -6,6 +6,9 @@ import hashlib
 import json
 import mmap
 import os
+import re
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,40 @@ def fsync(path: Path) -> None:
         os.close(fd)
 
 
+def temp_path(path: Path) -> Path:
+    """A temp name beside ``path`` that no other writer can pick (pid + random), hidden
+    (leading dot) so globs over ``*.arrow`` never see it; ``is_temp`` recognises it."""
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def with_path(e: OSError, path: Path) -> OSError:
+    """``e`` naming ``path``: Arrow's and ``write``'s I/O errors name no file (ENOSPC,
+    EROFS ...), and a message without the path leaves the user guessing which disk is full."""
+    if e.filename:
+        return e
+    code = e.errno
+    if code is None:  # Arrow puts the errno in its message: "... [errno 28] No space left on device"
+        m = re.search(r"errno (\d+)", str(e), re.IGNORECASE)
+        code = int(m.group(1)) if m else None
+    return OSError(code, os.strerror(code) if code else str(e), str(path))
+
+
+def is_temp(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_temps(root: Path) -> list[Path]:
+    """Delete every temp file or directory under ``root``: leftovers of killed writers (call it
+    only while holding the output lock: then no live writer owns one)."""
+    found = sorted((p for p in root.rglob(".*.tmp") if is_temp(p.name)), key=lambda p: len(p.parts), reverse=True)
+    for p in found:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    return found
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -34,10 +71,18 @@ class ArrowWriter:
 
     def __init__(self, path: Path, schema: pa.Schema) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._sink = pa.OSFile(str(self.tmp), "wb")
-        self._writer = ipc.new_file(self._sink, schema)
+        self.tmp = temp_path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._sink = pa.OSFile(str(self.tmp), "wb")
+        except OSError as e:
+            raise with_path(e, path) from e
+        try:
+            self._writer = ipc.new_file(self._sink, schema)
+        except OSError as e:
+            self._sink.close()
+            self.tmp.unlink(missing_ok=True)
+            raise with_path(e, path) from e
         self.schema = schema
         self.rows = 0
 
@@ -46,33 +91,53 @@ class ArrowWriter:
             self.write(pa.RecordBatch.from_pylist(rows, schema=self.schema))
 
     def write(self, batch: pa.RecordBatch) -> None:
-        self._writer.write_batch(batch)
+        try:
+            self._writer.write_batch(batch)
+        except OSError as e:
+            raise with_path(e, self.path) from e
         self.rows += len(batch)
 
     def close(self) -> Path:
-        self._writer.close()
-        self._sink.close()
-        fsync(self.tmp)
-        os.replace(self.tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
         try:
             self._writer.close()
             self._sink.close()
-        finally:
-            self.tmp.unlink(missing_ok=True)
+            fsync(self.tmp)
+            os.replace(self.tmp, self.path)
+        except OSError as e:
+            self.abort()  # e.g. a full disk while flushing the footer: no temp file stays
+            raise with_path(e, self.path) from e
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the temp file; never raises (it runs while another error is on its way, and
+        closing can fail again, e.g. on a full disk)."""
+        for close in (self._writer.close, self._sink.close):
+            try:
+                close()
+            except Exception:  # noqa: S110 - the original error is the one to report
+                pass
+        self.tmp.unlink(missing_ok=True)
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    fsync(tmp)
-    if path.name == "manifest.json":
-        from lcdata.faults import crash_point
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+        fsync(tmp)
+        if path.name == "manifest.json":
+            from lcdata.faults import crash_point
 
-        crash_point("manifest")
-    os.replace(tmp, path)
+            crash_point("manifest")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise with_path(e, path) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def open_ipc(path: Path) -> pa.Table:

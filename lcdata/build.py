@@ -38,7 +38,16 @@ import pyarrow as pa
 import yaml
 
 from lcdata import __version__
-from lcdata.arrowio import ArrowWriter, open_ipc, open_ipc_mapped, sha256_file, write_json
+from lcdata.arrowio import (
+    ArrowWriter,
+    open_ipc,
+    open_ipc_mapped,
+    remove_temps,
+    sha256_file,
+    temp_path,
+    with_path,
+    write_json,
+)
 from lcdata.assemble import Assembler
 from lcdata.chat import ChatTokenizer, TokenizeStage
 from lcdata.config import BuildConfig, SourceConfig, dump_config
@@ -46,6 +55,7 @@ from lcdata.engine import Engine
 from lcdata.faults import crash_point
 from lcdata.filters.coherence import CoherenceStage
 from lcdata.filters.dedup import DocumentDedup, near_duplicates, word_shingles
+from lcdata.lock import OutputLock
 from lcdata.pack import PackPlan, TokenStore, iter_row_batches, plan_pack
 from lcdata.pipeline import (
     BUILD_FILTERS,
@@ -100,10 +110,43 @@ def config_hash(cfg: BuildConfig, extra: Any = None) -> str:
 
 
 def prepare_output(cfg: BuildConfig, out: Path) -> None:
+    """Start a build in ``out`` (whose lock the caller holds): remove what killed writers left
+    (temp files), then the manifest and packed shards, which the pack step rewrites: a stale
+    manifest would make an unfinished rebuild look complete, and ``shards/*.arrow`` must never
+    hold rows that no manifest describes."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(yaml.safe_dump(dump_config(cfg), sort_keys=False))
-    # a stale manifest would make an unfinished rebuild look complete
+    remove_temps(out)
+    write_text(out / "config.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
     (out / MANIFEST).unlink(missing_ok=True)
+    if (out / SHARD_DIR).exists():
+        shutil.rmtree(out / SHARD_DIR)
+
+
+def write_text(path: Path, text: str) -> None:
+    tmp = temp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise with_path(e, path) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def changed_files(out: Path, files: dict[str, dict[str, Any]]) -> list[str]:
+    """The files (relative to ``out``) that are missing or differ from their recorded size and sha256."""
+    bad = []
+    for rel, want in files.items():
+        p = out / rel
+        if not p.is_file() or p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
+            bad.append(rel)
+    return bad
 
 
 PER_SHARD_OUTPUTS = ("work", "samples", "eval", "contexts", "rejects")
@@ -304,8 +347,12 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     doc_dups = _doc_dups(cfg, out)
     key = shard_key(cfg, shard_json, doc_dups)
     done = work / DONE
-    if done.is_file() and json.loads(done.read_text()).get("key") == key:
-        return json.loads((work / "stats.json").read_text())
+    if done.is_file():
+        marker = json.loads(done.read_text())
+        # the key says the inputs and code are the same; the outputs' hashes say nothing since
+        # damaged them (a damaged or missing file redoes the shard instead of being trusted)
+        if marker.get("key") == key and "outputs" in marker and not changed_files(out, marker["outputs"]):
+            return json.loads((work / "stats.json").read_text())
     if work.exists():
         shutil.rmtree(work)  # a partial or outdated attempt: redo it whole
     work.mkdir(parents=True)
@@ -329,8 +376,11 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
         "engine_seconds": {k: round(v, 3) for k, v in sorted(engine.seconds.items())} if engine else {},
         "seconds": round(time.perf_counter() - t0, 3),
     }
+    outputs = {f"{sub}/{shard.id}.arrow": out / sub / f"{shard.id}.arrow" for sub in ("samples", "eval", "contexts", "rejects")}
+    outputs[f"work/{shard.id}/tokenized.arrow"] = work / "tokenized.arrow"
+    stats["outputs"] = {rel: file_entry(p) for rel, p in outputs.items() if p.is_file()}
     write_json(work / "stats.json", stats)
-    write_json(done, {"key": key})
+    write_json(done, {"key": key, "outputs": {**stats["outputs"], f"work/{shard.id}/stats.json": file_entry(work / "stats.json")}})
     crash_point("shard_done")
     return stats
 
@@ -421,7 +471,16 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         pack_rejects.add("pack", reason, msg, sid, "")
     pack_rejects.close()
 
-    shards = write_packed_shards(store, plan, out / SHARD_DIR, cfg.shard.max_tokens)
+    # into a temp directory, renamed to shards/ when complete: shards/ never holds a partial set
+    tmp_dir = temp_path(out / SHARD_DIR)
+    try:
+        shards = write_packed_shards(store, plan, tmp_dir, cfg.shard.max_tokens)
+        if (out / SHARD_DIR).exists():
+            shutil.rmtree(out / SHARD_DIR)
+        os.replace(tmp_dir, out / SHARD_DIR)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
 
     lineage = Lineage()
     for st in shard_stats:
@@ -451,6 +510,8 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         "samples_files": sorted(f"samples/{p.name}" for p in (out / "samples").glob("*.arrow")),
         "eval_files": sorted(f"eval/{p.name}" for p in (out / "eval").glob("*.arrow")),
         "contexts_files": sorted(f"contexts/{p.name}" for p in (out / "contexts").glob("*.arrow")),
+        # every other output, for `lcdata verify` (the shards' own entries are above)
+        "files": output_files(out, shard_stats),
         "config": dump_config(cfg),
     }
     write_json(out / MANIFEST, manifest)
@@ -460,6 +521,19 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
             "peak_rss_mb": {"before_pack": rss_before_pack, "end": _peak_rss_mb()}}
     write_json(out / "build_info.json", info)
     return manifest
+
+
+def output_files(out: Path, shard_stats: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every per-shard output (as its shard recorded them when it finished)
+    and of the whole-build rejects, by path relative to ``out``."""
+    files: dict[str, dict[str, Any]] = {}
+    for st in shard_stats:
+        files.update({rel: e for rel, e in st["outputs"].items() if not rel.startswith("work/")})
+    for p in sorted((out / "rejects").glob("*.arrow")):
+        rel = f"rejects/{p.name}"
+        if rel not in files:  # _build.arrow, pack.arrow
+            files[rel] = file_entry(p)
+    return dict(sorted(files.items()))
 
 
 def _peak_rss_mb() -> float:
@@ -513,15 +587,17 @@ def run_build(cfg: BuildConfig, out: Path, runner: Runner | None = None, say: An
     The one orchestration: the in-process, Prefect and Dask runners only map the shards."""
     out = Path(out)
     shards = plan_build(cfg)  # plan first: a bad source path fails before anything is written
-    prepare_output(cfg, out)
-    prune_stale(out, shards)
-    say(f"lcdata build: {len(shards)} input shard(s) -> {out}")
-    dd = dedup_documents(cfg, shards, out)  # whole-build step: before any shard
-    if dd:
-        say(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
-    runner = runner or LocalRunner()
-    stats = runner.map_shards(cfg, shards, out)
-    return runner.pack(cfg, stats, out)
+    tokenizer_for(cfg)  # and the model directory: a typo must not touch a finished dataset in OUT
+    with OutputLock(out):  # one build per OUT: a second one is refused, naming this one
+        prepare_output(cfg, out)
+        prune_stale(out, shards)
+        say(f"lcdata build: {len(shards)} input shard(s) -> {out}")
+        dd = dedup_documents(cfg, shards, out)  # whole-build step: before any shard
+        if dd:
+            say(f"document dedup: {dd['duplicates']} near-duplicate(s) of {dd['documents']} documents")
+        runner = runner or LocalRunner()
+        stats = runner.map_shards(cfg, shards, out)
+        return runner.pack(cfg, stats, out)
 
 
 def build_local(cfg: BuildConfig, out: Path) -> dict[str, Any]:

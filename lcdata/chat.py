@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jinja2
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
@@ -56,10 +57,18 @@ class ChatTokenizer:
         if not template:
             raise TemplateError(f"{model_dir}: no chat template (chat_template.jinja or tokenizer_config.json)")
         self.template_text: str = template
+        where = tpl_file if tpl_file.is_file() else model_dir / "tokenizer_config.json"
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        self._template = env.from_string(template)
         self.special = {k: cfg.get(k) for k in ("bos_token", "eos_token", "pad_token")}
         self._off_cache: tuple[str | None, np.ndarray] = (None, np.zeros((0, 2), np.int64))
+        # compiled and tried once here, so a broken or hostile template (blocked by the
+        # sandbox) stops the build before any work, with one message naming the file
+        try:
+            self._template = env.from_string(template)
+            self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
+        except jinja2.TemplateError as e:
+            raise TemplateError(f"{where}: the chat template cannot be used ({type(e).__name__}: {e}); restore "
+                                "the model's own template (`lcdata model prepare` rewrites it)") from None
 
     def render(self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = False) -> str:
         return self._template.render(messages=list(messages), add_generation_prompt=add_generation_prompt,

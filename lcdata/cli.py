@@ -17,12 +17,27 @@ model_app = typer.Typer(no_args_is_help=True, help="Prepare the local model dire
 schema_app = typer.Typer(no_args_is_help=True, help="Schema files.")
 app.add_typer(model_app, name="model")
 app.add_typer(schema_app, name="schema")
-console = Console(stderr=True, emoji=False)  # ids like "stdlib:email:3" are not emoji codes
+console = Console(stderr=True, emoji=False, soft_wrap=True)  # never wrap paths; ids like "stdlib:email:3" are not emoji codes
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code)
+
+
+def resource_error(e: OSError, out: Path) -> str:
+    """One line for an I/O failure of a build: what, which path, what to do."""
+    import errno
+
+    where = e.filename or out
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left on the device writing {where}: free space there (or build into another --out), "
+                "then rerun the same command; finished shards are kept and it resumes")
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write {where} ({e.strerror}): make it writable or choose another --out, then rerun"
+    if e.errno == errno.ENOMEM:
+        return f"out of memory writing {where}: lower `docs_per_shard` or `--workers`, then rerun"
+    return f"{where}: {e.strerror or e}; fix it, then rerun the same command (finished shards are kept)"
 
 
 @app.callback()
@@ -45,6 +60,8 @@ def build(
         cfg = load_config(config)
     except ConfigError as e:
         _fail(str(e))
+    from lcdata.chat import TemplateError
+    from lcdata.lock import OutputLocked
     from lcdata.read import SourceError
     from lcdata.read.corpora import MissingCorpusError
 
@@ -58,8 +75,17 @@ def build(
             from pipelines.build import run_flow
 
             totals = run_flow(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
-    except (SourceError, MissingCorpusError, FileNotFoundError) as e:
+    except OutputLocked as e:
+        _fail(str(e), 3)
+    except (SourceError, MissingCorpusError, FileNotFoundError, TemplateError) as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        _fail(f"interrupted: finished input shards are kept in {out}; rerun the same command to resume", 130)
+    except MemoryError:
+        _fail(f"out of memory while building {out}: lower `docs_per_shard`, `--workers` or the engine's "
+              "`kv_cache_gib`, then rerun the same command (finished shards are kept)", 1)
+    except OSError as e:
+        _fail(resource_error(e, out), 1)
     console.print(
         f"[green]built[/] {out}: {totals['rows']:,} rows, {totals['samples']:,} samples, "
         f"{totals['tokens']:,} tokens, fill {totals['fill']:.2%}. Next: `lcdata inspect {out}`"
@@ -140,19 +166,24 @@ def show(
 
 
 @app.command()
-def checksum(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
-    """Check every shard against the manifest's sha256 and schema version."""
-    from lcdata.shards import check_shards
+def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
+    """Check every output file (shards, samples, eval, contexts, rejects) against the manifest's
+    size and sha256, the shards' schema version, and that shards/ holds only listed files."""
+    from lcdata.shards import check_build
 
     try:
-        problems = check_shards(dir)
+        problems = check_build(dir)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for p in problems:
         console.print(f"[red]{p}[/]", highlight=False)
     if problems:
         raise typer.Exit(1)
-    console.print(f"[green]ok[/]: every shard of {dir} matches its manifest")
+    console.print(f"[green]ok[/]: every output file of {dir} matches its manifest")
+
+
+# the earlier name of `verify`, kept for scripts
+app.command("checksum", hidden=True, help="Same as `verify`.")(verify)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,9 @@ def source_rows(cfg: dict[str, Any]) -> list[dict[str, str]]:
     rows = []
     for src in cfg.get("sources", []):
         source = SOURCES.get(src["kind"])  # None: a kind this version no longer has
-        desc = source.card(src.get("path")) if source else f"{src['kind']} files at `{src.get('path')}`"
+        # the card is published: name the source's directory, never the builder's local path
+        where = Path(src["path"]).name if src.get("path") else None
+        desc = source.card(where) if source else f"{src['kind']} files at `{where}`"
         lic = src.get("license") or (source.license if source else None) or "unknown: set `license:` on this source"
         rows.append({"name": src["name"], "kind": src["kind"], "what": desc, "license": lic})
     task_kinds = {t["kind"] for t in cfg.get("tasks", [])}
@@ -177,6 +180,18 @@ def source_rows(cfg: dict[str, Any]) -> list[dict[str, str]]:
 def _spdx(rows: list[dict[str, str]]) -> str:
     ids = {r["license"] for r in rows}
     return ids.pop().lower() if len(ids) == 1 and " " not in next(iter(ids)) else "other"
+
+
+def public_config(obj: Any) -> Any:
+    """The config as the card publishes it: an absolute local path (source paths, the model
+    directory) becomes its last component, so the builder's directory layout stays private."""
+    if isinstance(obj, dict):
+        return {k: public_config(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [public_config(v) for v in obj]
+    if isinstance(obj, str) and (obj.startswith(("/", "~")) or re.match(r"^[A-Za-z]:[\\/]", obj)):
+        return Path(obj).name
+    return obj
 
 
 def dataset_card(dir_: Path, data: dict[str, Any]) -> str:
@@ -221,7 +236,7 @@ def dataset_card(dir_: Path, data: dict[str, Any]) -> str:
         "", "## Use", "", "```bash", f"lcdata train {dir_.name}   # the trainer reads the shards directly",
         "```", "", "```python", "import polars as pl",
         f'rows = pl.scan_ipc("{SHARD_DIR}/*.arrow")  # input_ids, labels, position_ids, seq_lens, sample_ids',
-        "```", "", "## Build config", "", "```yaml", yaml.safe_dump(cfg, sort_keys=False).strip(), "```", "",
+        "```", "", "## Build config", "", "```yaml", yaml.safe_dump(public_config(cfg), sort_keys=False).strip(), "```", "",
     ]
     return "\n".join(lines)
 

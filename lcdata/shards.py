@@ -81,6 +81,11 @@ def check_shards(dir_: Path) -> list[str]:
         if not path.is_file():
             problems.append(f"{path}: missing; rebuild the dataset (`lcdata build`)")
             continue
+        size = path.stat().st_size
+        if "bytes" in s and size != s["bytes"]:
+            problems.append(f"{path}: {size:,} bytes, the manifest says {s['bytes']:,} (truncated or overwritten); "
+                            "rebuild or restore it")
+            continue
         digest = sha256_file(path)
         if digest != s["sha256"]:
             problems.append(f"{path}: sha256 {digest[:12]}... != manifest {s['sha256'][:12]}...; "
@@ -90,6 +95,33 @@ def check_shards(dir_: Path) -> list[str]:
             check_version(ipc.open_file(pa.memory_map(str(path))).schema, str(path))
         except ValueError as e:
             problems.append(str(e))
+    return problems
+
+
+def check_build(dir_: Path) -> list[str]:
+    """Every problem of a finished build directory (empty list: all is as its manifest says):
+    each packed shard (``check_shards``), every other output file the manifest lists
+    (samples, eval, contexts, rejects) by size and sha256, and no file in ``shards/`` that the
+    manifest does not list."""
+    dir_ = Path(dir_)
+    problems = check_shards(dir_)
+    m = load_manifest(dir_)
+    for rel, want in m.get("files", {}).items():
+        path = dir_ / rel
+        if not path.is_file():
+            problems.append(f"{path}: missing; rerun `lcdata build` with the same config and --out (it redoes it)")
+            continue
+        size = path.stat().st_size
+        if size != want["bytes"]:
+            problems.append(f"{path}: {size:,} bytes, the manifest says {want['bytes']:,} (truncated or "
+                            "overwritten); rerun `lcdata build` with the same config and --out (it redoes it)")
+        elif sha256_file(path) != want["sha256"]:
+            problems.append(f"{path}: sha256 differs from the manifest (the file changed after the build); "
+                            "rerun `lcdata build` with the same config and --out (it redoes it)")
+    listed = {s["path"] for s in m["shards"]}
+    for p in sorted((dir_ / SHARD_DIR).glob("*")):
+        if p.name not in listed:
+            problems.append(f"{p}: not part of this build (the manifest does not list it); remove it")
     return problems
 
 

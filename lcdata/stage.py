@@ -89,7 +89,11 @@ class RejectSink:
         if self.path is None:
             return
         w = ArrowWriter(self.path, REJECT_SCHEMA)
-        w.write_rows(self.rows)
+        try:
+            w.write_rows(self.rows)
+        except BaseException:
+            w.abort()
+            raise
         w.close()
 
 

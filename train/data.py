@@ -55,6 +55,11 @@ class PackedRows:
                 path = d / SHARD_DIR / s["path"]
                 if not path.is_file():
                     raise DataError(f"{path}: listed in {d / 'manifest.json'} but missing; rebuild the dataset")
+                size = path.stat().st_size
+                if "bytes" in s and size != s["bytes"]:  # say how it differs, before opening a cut file
+                    raise DataError(f"{path}: {size:,} bytes, but {d / 'manifest.json'} says {s['bytes']:,} "
+                                    f"({'truncated' if size < s['bytes'] else 'grown'} after the build); "
+                                    "rebuild the dataset or restore the file")
                 if verify:
                     digest = sha256_file(path)
                     if digest != s["sha256"]:

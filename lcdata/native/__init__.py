@@ -21,6 +21,16 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata"))
 
 
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _private(path: Path) -> bool:
+    """Owned by this user and writable by no one else (what ssh asks of its keys)."""
+    st = path.stat()
+    return st.st_uid == os.getuid() and not st.st_mode & 0o022
+
+
 def load() -> ctypes.CDLL | None:
     """The compiled kernel, or None where it cannot be had."""
     global _LIB
@@ -34,15 +44,22 @@ def load() -> ctypes.CDLL | None:
         return None
     src = _SRC.read_bytes()
     tag = hashlib.sha256(src + (sysconfig.get_platform()).encode()).hexdigest()[:16]
-    so = _cache_dir() / f"gather-{tag}.so"
-    if not so.is_file():
-        so.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=so.parent) as d:
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    if not _private(cache):
+        # another user could swap the library we load: compile into a private directory instead
+        cache = Path(tempfile.mkdtemp(prefix="lcdata-native-"))
+    so = cache / f"gather-{tag}.so"
+    digest = so.with_name(so.name + ".sha256")  # written with the library: a changed file is rebuilt
+    if not (so.is_file() and digest.is_file() and _private(so) and _sha256(so) == digest.read_text().strip()):
+        with tempfile.TemporaryDirectory(dir=cache) as d:
             tmp = Path(d) / so.name
             r = subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SRC)], capture_output=True)
             if r.returncode != 0:
                 return None
+            (Path(d) / "digest").write_text(_sha256(tmp))
             os.replace(tmp, so)
+            os.replace(Path(d) / "digest", digest)
     lib = ctypes.CDLL(str(so))
     p = ctypes.c_void_p
     lib.lcdata_gather.argtypes = [ctypes.c_int64, p, p, p, p, p, p, p, p]

@@ -115,15 +115,44 @@ class ReadStage(Producer[Unit, Document]):
         self.src = src
         self.source = source_of(src)
 
+    def _root(self) -> Path | None:
+        try:
+            return self.source.root(self.src).resolve()
+        except Exception:  # a source without a root of its own: nothing to escape from
+            return None
+
     def produce(self, records: Iterable[Unit]) -> Iterator[Document | Planned]:
+        root = None if self.src.follow_symlinks else self._root()
         for u in records:
             path = Path(u.path)
+            rid = f"{self.src.name}/{u.rel}"
             if not path.exists():
                 yield Planned()
-                self.drop(f"{self.src.name}/{u.rel}", "missing_file",
-                          f"{path}: file disappeared since planning; rerun the build")
+                self.drop(rid, "missing_file", f"{path}: file disappeared since planning; rerun the build")
                 continue
-            for item in self.source.read(self.src, u):
+            if root is not None and not path.resolve().is_relative_to(root):
+                yield Planned()
+                self.drop(rid, "symlink_outside_root",
+                          f"{path}: a symlink to {path.resolve()}, outside the source's root {root}; not read "
+                          f"(copy the file in, or set `follow_symlinks: true` on source `{self.src.name}`)")
+                continue
+            items = self.source.read(self.src, u)
+            pending = False  # a Planned record not yet resolved into a document or a drop
+            while True:
+                # one unreadable file (corrupt Parquet/Arrow, a decoder error, an I/O error) is
+                # dropped with its reason; what it yielded before stays and the build goes on
+                try:
+                    item = next(items)
+                except StopIteration:
+                    break
+                except (Exception, RecursionError) as e:  # noqa: BLE001 - reported, not swallowed
+                    if not pending:
+                        yield Planned()
+                    self.drop(rid, "unreadable_file",
+                              f"{path}: cannot be read ({type(e).__name__}: {str(e)[:300]}); the rest of the "
+                              "build goes on without it: fix or replace the file, then rerun")
+                    break
+                pending = isinstance(item, Planned)
                 if isinstance(item, Planned):
                     yield item
                 elif isinstance(item, Drop):

@@ -159,6 +159,9 @@ class Jsonl(RecordFiles):
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             return Drop(rid, "bad_json", f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line", line)
+        except RecursionError:
+            return Drop(rid, "bad_json", f"{where}: JSON nested too deeply to parse; flatten or remove the line",
+                        line[:200])
         if not isinstance(rec, dict):
             return Drop(rid, "bad_json", f"{where}: expected a JSON object, got {type(rec).__name__}", line)
         return record_item(cfg, rec, where, rid)
