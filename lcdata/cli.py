@@ -74,6 +74,10 @@ def build(
         else:
             from pipelines.build import run_flow
 
+            if logging.getLogger().level > logging.INFO:
+                # Prefect logs every failed task and flow run with its traceback; the one line
+                # below says what failed and what to do (-v shows Prefect's logs)
+                logging.getLogger("prefect").setLevel(logging.CRITICAL)
             totals = run_flow(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
     except OutputLocked as e:
         _fail(str(e), 3)

@@ -1,5 +1,5 @@
 """The `lcdata` command end to end: a real Prefect flow build (ephemeral server), inspect,
-show, checksum, and the error paths a user hits first."""
+show, verify (and its alias checksum), and the error paths a user hits first."""
 
 from __future__ import annotations
 
@@ -61,6 +61,7 @@ def test_build_through_the_prefect_flow(flow_build):
     m = json.loads((out / "manifest.json").read_text())
     assert {f.split("/")[1].split("-")[0] for f in m["samples_files"]} == {"shakespeare", "stdlib", "docs", "wiki"}
     assert m["totals"]["rows"] > 0
+    assert run(["verify", str(out)], tmp).returncode == 0
     assert run(["checksum", str(out)], tmp).returncode == 0
 
 

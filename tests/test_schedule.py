@@ -1,6 +1,6 @@
 """Scheduled builds against a real `prefect server` and process worker on 127.0.0.1, both
 started and stopped (by process group) here: deploy with a cron schedule, see the scheduler
-create runs, trigger one, see it complete, its shards pass `lcdata checksum` and `latest` point at it."""
+create runs, trigger one, see it complete, its outputs pass `lcdata verify` and `latest` point at it."""
 
 from __future__ import annotations
 
@@ -78,7 +78,7 @@ print(json.dumps({"final": r.state.type.value}))
         assert lines[-1].get("final") == "COMPLETED", res.stdout + res.stderr + (tmp_path / "worker.log").read_text()[-4000:]
         latest = root / "latest"
         assert latest.is_symlink() and (latest / "manifest.json").is_file()
-        v = subprocess.run([str(BIN / "lcdata"), "checksum", str(latest)], env=env, capture_output=True, text=True)
+        v = subprocess.run([str(BIN / "lcdata"), "verify", str(latest)], env=env, capture_output=True, text=True)
         assert v.returncode == 0, v.stderr
     finally:
         if worker is not None:
