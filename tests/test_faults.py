@@ -296,6 +296,17 @@ def test_a_read_only_output_ends_in_one_error_line(built, tmpfs):
     assert "Traceback" not in r.stderr
 
 
+def test_an_exhausted_memory_limit_ends_in_one_error_line(built, tmp_path):
+    out = tmp_path / "out"
+    r = lcdata("build", str(built[0]), "--out", str(out), "--local", env={"LCDATA_MEMORY_ERROR_AT": "tokenized"})
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    (err,) = error_lines(r.stderr)
+    assert err.startswith(f"error: out of memory while building {out}: lower `docs_per_shard`")
+    assert not temps(out) and not (out / ".lcdata.lock").exists()
+    assert lcdata("build", str(built[0]), "--out", str(out), "--local").returncode == 0
+    assert (out / "manifest.json").read_bytes() == (built[1] / "manifest.json").read_bytes()
+
+
 def test_sigint_says_a_rerun_resumes(built, tmp_path):
     out = tmp_path / "out"
     p = subprocess.Popen([str(BIN / "lcdata"), "build", str(built[0]), "--out", str(out), "--local"],
