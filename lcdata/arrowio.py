@@ -42,15 +42,27 @@ def with_path(e: OSError, path: Path) -> OSError:
     return OSError(code, os.strerror(code) if code else str(e), str(path))
 
 
+_TEMP = re.compile(r"^\..+\.\d+-[0-9a-f]{8}\.tmp$")
+
+
 def is_temp(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
+    """Whether ``name`` is a ``temp_path`` name (and nothing else that happens to end in .tmp)."""
+    return bool(_TEMP.match(name))
 
 
-def remove_temps(root: Path) -> list[Path]:
-    """Delete every temp file or directory under ``root``: leftovers of killed writers (call it
-    only while holding the output lock: then no live writer owns one)."""
-    found = sorted((p for p in root.rglob(".*.tmp") if is_temp(p.name)), key=lambda p: len(p.parts), reverse=True)
-    for p in found:
+OWN_DIRS = ("samples", "eval", "contexts", "rejects", "work", "cache", "dedup", "report")
+
+
+def remove_temps(out: Path) -> list[Path]:
+    """Delete the temp files and directories of killed writers in a build's output directory:
+    ``temp_path`` names at its top level and in lcdata's own subdirectories, nothing else (an
+    --out shared with other files keeps theirs). Call it only while holding the output lock:
+    then no live writer owns one."""
+    found = [p for p in out.iterdir() if is_temp(p.name)]
+    for sub in OWN_DIRS:
+        if (out / sub).is_dir() and not (out / sub).is_symlink():
+            found += [p for p in (out / sub).rglob(".*.tmp") if is_temp(p.name)]
+    for p in sorted(found, key=lambda p: len(p.parts), reverse=True):
         if p.is_dir() and not p.is_symlink():
             shutil.rmtree(p, ignore_errors=True)
         else:

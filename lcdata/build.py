@@ -120,6 +120,8 @@ def prepare_output(cfg: BuildConfig, out: Path) -> None:
     (out / MANIFEST).unlink(missing_ok=True)
     if (out / SHARD_DIR).exists():
         shutil.rmtree(out / SHARD_DIR)
+    for name in ("_build.arrow", "pack.arrow"):  # whole-build rejects: rewritten (or not) by this build
+        (out / "rejects" / name).unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -348,11 +350,14 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     key = shard_key(cfg, shard_json, doc_dups)
     done = work / DONE
     if done.is_file():
-        marker = json.loads(done.read_text())
-        # the key says the inputs and code are the same; the outputs' hashes say nothing since
-        # damaged them (a damaged or missing file redoes the shard instead of being trusted)
-        if marker.get("key") == key and "outputs" in marker and not changed_files(out, marker["outputs"]):
-            return json.loads((work / "stats.json").read_text())
+        try:
+            marker = json.loads(done.read_text())
+            # the key says the inputs and code are the same; the outputs' hashes say nothing
+            # since damaged them (a damaged or missing file redoes the shard, never trusted)
+            if marker.get("key") == key and not changed_files(out, marker["outputs"]):
+                return json.loads((work / "stats.json").read_text())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            pass  # a damaged marker: redo the shard
     if work.exists():
         shutil.rmtree(work)  # a partial or outdated attempt: redo it whole
     work.mkdir(parents=True)

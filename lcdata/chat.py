@@ -66,7 +66,7 @@ class ChatTokenizer:
         try:
             self._template = env.from_string(template)
             self.render([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"}])
-        except jinja2.TemplateError as e:
+        except (jinja2.TemplateError, TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
             raise TemplateError(f"{where}: the chat template cannot be used ({type(e).__name__}: {e}); restore "
                                 "the model's own template (`lcdata model prepare` rewrites it)") from None
 

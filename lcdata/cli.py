@@ -179,6 +179,10 @@ def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -
         problems = check_build(dir)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
+    except KeyError as e:
+        _fail(f"{dir}/manifest.json: entry without {e}; it was not written by this lcdata: rebuild the dataset")
+    except OSError as e:
+        _fail(f"cannot read {e.filename or dir} ({e.strerror}); check its permissions", 1)
     for p in problems:
         console.print(f"[red]{p}[/]", highlight=False)
     if problems:

@@ -68,7 +68,7 @@ class SourceConfig(_Strict):
     @classmethod
     def _safe_name(cls, v: str) -> str:
         # the name becomes part of file names under OUT: nothing in it may leave the directory
-        if not re.match(SOURCE_NAME, v) or ".." in v:
+        if not re.fullmatch(SOURCE_NAME, v) or ".." in v:
             raise ValueError(f"source name {v!r} must be 1-64 letters, digits, `_`, `-` or `.` (no `/`, no `..`), "
                              "starting with a letter or digit; rename it")
         return v

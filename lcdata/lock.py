@@ -2,7 +2,8 @@
 
 The lock is an ``flock`` on ``OUT/.lcdata.lock``, which the kernel releases when its holder
 exits in any way (SIGKILL included), so a lock left by a killed build is never an obstacle:
-the next build takes it over and says whose it was. The file holds the holder's pid, host,
+the next build takes it over and says whose it was (forked children, such as engine workers,
+close their copy of the lock at fork, so they cannot keep it alive). The file holds the holder's pid, host,
 start time and command line, for the message a second build prints when it is refused.
 Works on local filesystems (and NFS, where Linux maps ``flock`` to POSIX locks); the
 Prefect and Dask runners hold it in the process that runs the flow, for the whole build.
@@ -23,6 +24,23 @@ from typing import Any
 
 log = logging.getLogger("lcdata")
 LOCK_NAME = ".lcdata.lock"
+
+
+_HELD: set[int] = set()  # lock fds of this process
+
+
+def _close_in_child() -> None:
+    # a forked child (an engine worker) must not keep the parent's lock alive after the
+    # parent dies: flock belongs to the open file, which fork shares
+    for fd in list(_HELD):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
 
 
 class OutputLocked(RuntimeError):
@@ -82,10 +100,15 @@ class OutputLock:
                         self.out, describe(stale))
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
               "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(me).encode(), 0)
-        os.fsync(fd)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         self.fd = fd
+        _HELD.add(fd)
         return self
 
     def release(self) -> None:
@@ -93,6 +116,7 @@ class OutputLock:
             return
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # before unlocking: a waiter that opened it re-checks the inode
+        _HELD.discard(self.fd)
         os.close(self.fd)  # releases the flock
         self.fd = None
 

@@ -51,11 +51,25 @@ class PrefectRunner:
     def map_shards(self, cfg: BuildConfig, shards: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
         futures = process_shard_task.map(unmapped(dump_config(cfg)), shards, unmapped(str(out)))
         stats = []
-        with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:
-            job = bar.add_task("input shards", total=len(futures))
-            for f in as_completed(futures):
-                stats.append(f.result())
-                bar.advance(job)
+        try:
+            with Progress(*Progress.get_default_columns(), MofNCompleteColumn(), transient=False) as bar:
+                job = bar.add_task("input shards", total=len(futures))
+                for f in as_completed(futures):
+                    stats.append(f.result())
+                    bar.advance(job)
+        except BaseException:
+            # the build's lock is released when this raises: no shard task may still be writing
+            # then, or a rerun would work under it. Cancel those not started, wait for the rest.
+            for f in futures:
+                wrapped = getattr(f, "wrapped_future", None)
+                if wrapped is not None:
+                    wrapped.cancel()
+            for f in futures:
+                try:
+                    f.wait()
+                except BaseException:  # noqa: S110 - the first error is the one reported
+                    pass
+            raise
         return stats
 
     def pack(self, cfg: BuildConfig, stats: list[dict[str, Any]], out: Path) -> dict[str, Any]:

@@ -131,6 +131,40 @@ def test_two_builds_started_together_never_corrupt_the_output(model_dir, tmp_pat
             assert (out / sub / f.name).read_bytes() == f.read_bytes(), f"{sub}/{f.name}"
 
 
+def test_a_forked_child_does_not_hold_the_lock(tmp_path):
+    """Engine workers are forked while the build holds its lock: their copy is closed at fork,
+    so a SIGKILLed build's children cannot keep OUT locked."""
+    from lcdata.lock import OutputLock
+
+    with OutputLock(tmp_path / "out") as lock:
+        pid = os.fork()
+        if pid == 0:  # the child: the lock's fd must be closed here
+            try:
+                os.fstat(lock.fd)
+                os._exit(1)
+            except OSError:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_leftover_temps_are_removed_and_nothing_else(tmp_path):
+    from lcdata.arrowio import remove_temps
+
+    out = tmp_path / "out"
+    ours = [out / ".manifest.json.12-0a1b2c3d.tmp", out / "samples" / ".x.arrow.7-deadbeef.tmp",
+            out / "work" / "s" / ".stats.json.9-00ff00ff.tmp"]
+    theirs = [out / "notes.tmp", out / ".editor.tmp", out / "mine" / ".x.arrow.7-deadbeef.tmp",
+              out / "samples" / ".hidden.tmp"]
+    for p in ours + theirs:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text("x")
+    (out / ".shards.5-abcdef01.tmp").mkdir()
+    remove_temps(out)
+    assert not any(p.exists() for p in ours) and not (out / ".shards.5-abcdef01.tmp").exists()
+    assert all(p.exists() for p in theirs)
+
+
 def test_temp_names_are_unique_per_writer(tmp_path):
     a, b = ArrowWriter(tmp_path / "x.arrow", CONTEXT_SCHEMA), ArrowWriter(tmp_path / "x.arrow", CONTEXT_SCHEMA)
     assert a.tmp != b.tmp and a.tmp.name.startswith(".x.arrow.") and a.tmp.name.endswith(".tmp")
@@ -153,6 +187,7 @@ def test_verify_finds_every_damaged_output_and_a_rerun_repairs_it(built, tmp_pat
     rej = sorted((out / "rejects").glob("*.arrow"))[0]
     rej.write_bytes(rej.read_bytes()[:100])
     (out / "shards" / "shard-99999.arrow").write_bytes(b"stray")
+    sorted((out / "work").glob("*/_DONE"))[0].write_text("{")  # a damaged marker: that shard is redone
     r = lcdata("verify", str(out))
     assert r.returncode == 1
     assert f"{ctx}: sha256 differs from the manifest" in r.stderr
@@ -199,7 +234,7 @@ def test_symlinks_out_of_a_source_root_are_dropped_unless_allowed(model_dir, tmp
     assert "TOP-SECRET-7731" in ctx2
 
 
-@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", ""])
+@pytest.mark.parametrize("name", ["../evil", "a/b", "..", ".hidden", "", "abc\n"])
 def test_a_source_name_cannot_write_outside_out(model_dir, tmp_path, name):
     cfg = cfg_file(tmp_path, model_dir, sources=[{"name": name, "kind": "shakespeare", "limit_groups": 1}])
     out = tmp_path / "a" / "out"

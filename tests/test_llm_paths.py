@@ -381,11 +381,11 @@ def test_compare_shared_topics_name_one_thing_in_each_section(ctx):
     assert [f.answer for f, _ in shared_topics(t2, [(0, 35), (len(t2) - 34, len(t2))])] == ["forest"]
 
 
-def test_compare_without_a_shared_topic_is_no_room(tok):
+def test_compare_without_a_shared_topic_is_dropped_with_that_reason(tok):
     lines = [f"Line {i} talks about subject{i} alone in this place." for i in range(400)]
     text = "\n".join(lines)
     ran = run(tok, COMPARE, [], [context(tok, text, "plain")])
-    assert ran.backend.requests == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"no_room": 1}}
+    assert ran.backend.requests == [] and ran.lineage == {"in": 1, "out": 0, "dropped": {"no_shared_topic": 1}}
 
 
 # --- LIFT QA and short-window QA ----------------------------------------------------------------

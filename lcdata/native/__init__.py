@@ -45,10 +45,11 @@ def load() -> ctypes.CDLL | None:
     src = _SRC.read_bytes()
     tag = hashlib.sha256(src + (sysconfig.get_platform()).encode()).hexdigest()[:16]
     cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
+    cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+    scratch = None
     if not _private(cache):
         # another user could swap the library we load: compile into a private directory instead
-        cache = Path(tempfile.mkdtemp(prefix="lcdata-native-"))
+        cache = scratch = Path(tempfile.mkdtemp(prefix="lcdata-native-"))
     so = cache / f"gather-{tag}.so"
     digest = so.with_name(so.name + ".sha256")  # written with the library: a changed file is rebuilt
     if not (so.is_file() and digest.is_file() and _private(so) and _sha256(so) == digest.read_text().strip()):
@@ -57,10 +58,13 @@ def load() -> ctypes.CDLL | None:
             r = subprocess.run([cc, "-O3", "-shared", "-fPIC", "-o", str(tmp), str(_SRC)], capture_output=True)
             if r.returncode != 0:
                 return None
+            tmp.chmod(0o755)  # whatever the umask: a group-writable library is not trusted next time
             (Path(d) / "digest").write_text(_sha256(tmp))
             os.replace(tmp, so)
             os.replace(Path(d) / "digest", digest)
     lib = ctypes.CDLL(str(so))
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)  # the loaded library stays mapped
     p = ctypes.c_void_p
     lib.lcdata_gather.argtypes = [ctypes.c_int64, p, p, p, p, p, p, p, p]
     lib.lcdata_gather.restype = None

@@ -10,9 +10,10 @@ becomes one Prefect task, whose ``ReadStage`` reads the shard's units in order.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from lcdata.config import ReadConfig, SourceConfig
 from lcdata.read import corpora, files  # noqa: F401 - defining the source classes registers them
@@ -102,6 +103,11 @@ def plan_source(src: SourceConfig) -> list[InputShard]:
     return shards
 
 
+# errors that say nothing about the file (the machine, the network, the process's limits)
+TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
+                    errno.ETIMEDOUT, errno.ENOSPC}
+
+
 class ReadStage(Producer[Unit, Document]):
     """Reads units of one source into Documents, in order. The base counts ``in`` (raw
     records: the source's ``Planned`` markers) and ``out`` (documents); unusable records, and
@@ -115,15 +121,16 @@ class ReadStage(Producer[Unit, Document]):
         self.src = src
         self.source = source_of(src)
 
-    def _root(self) -> Path | None:
-        try:
-            return self.source.root(self.src).resolve()
-        except Exception:  # a source without a root of its own: nothing to escape from
-            return None
+    @staticmethod
+    def unit_root(u: Unit) -> Path:
+        """The source root a unit was listed under: its planned path less its relative path
+        (planned paths are absolute, so this holds on any worker, whatever its directory)."""
+        depth = len(PurePosixPath(u.rel).parts)
+        return Path(u.path).parents[depth - 1].resolve()
 
     def produce(self, records: Iterable[Unit]) -> Iterator[Document | Planned]:
-        root = None if self.src.follow_symlinks else self._root()
         for u in records:
+            root = None if self.src.follow_symlinks else self.unit_root(u)
             path = Path(u.path)
             rid = f"{self.src.name}/{u.rel}"
             if not path.exists():
@@ -144,6 +151,17 @@ class ReadStage(Producer[Unit, Document]):
                 try:
                     item = next(items)
                 except StopIteration:
+                    break
+                except (MemoryError, KeyboardInterrupt):
+                    raise
+                except OSError as e:
+                    if e.errno in TRANSIENT_ERRNOS:  # not the file's fault: fail the shard, a rerun retries
+                        raise
+                    if not pending:
+                        yield Planned()
+                    self.drop(rid, "unreadable_file",
+                              f"{path}: cannot be read ({type(e).__name__}: {str(e)[:300]}); the rest of the "
+                              "build goes on without it: fix or replace the file, then rerun")
                     break
                 except (Exception, RecursionError) as e:  # noqa: BLE001 - reported, not swallowed
                     if not pending:

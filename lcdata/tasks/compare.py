@@ -22,7 +22,7 @@ from lcdata.config import CompareTask
 from lcdata.schema import Context, Sample, sample_id
 from lcdata.stage import Planned
 from lcdata.tasks.base import make_sample
-from lcdata.tasks.multihop import _STOP, Fact
+from lcdata.tasks.multihop import _STOP, Fact, degenerate
 from lcdata.tasks.synth import Job, LLMStage, Located, anchor, pick_chunks, repetitive, template
 
 # Prose without digits or brackets: a line label ("P1.3") cannot be written into it, nor a run
@@ -111,12 +111,17 @@ class CompareStage(LLMStage):
             rng = random.Random(f"{self.seed}:compare:{ctx.id}:{i}")
             uid = sample_id("compare", ctx.id, i)
             pair = None
+            why = "no_room"
             for _ in range(6):  # section layouts tried until the two share a topic
                 chunks = pick_chunks(ctx.text, 2, cfg.chunk_chars, cfg.min_distance_frac, rng)
                 if chunks is None:
                     break
                 anchors = [anchor(ctx.text, a, b) for a, b in chunks]
-                topics = shared_topics(ctx.text, chunks) if None not in anchors else []
+                if None in anchors:
+                    why = "ambiguous_anchor" if why == "no_room" else why
+                    continue
+                topics = shared_topics(ctx.text, chunks)
+                why = "no_shared_topic"
                 if topics:
                     f1, f2 = rng.choice(topics[:3])
                     pair = Pair(ctx, i, chunks, f1.answer, [(f1.line_start, f1.line_end), (f2.line_start, f2.line_end)],
@@ -124,10 +129,13 @@ class CompareStage(LLMStage):
                     break
             if pair is None:
                 yield Planned()  # (a job counts its own samples as planned)
-                self.drop(uid, "no_room", f"{ctx.id}: no two sections {cfg.chunk_chars} chars long and "
-                          f"{cfg.min_distance_frac:.0%} apart that name a common thing in a line each, with a "
-                          "unique opening line; lower tasks.compare.chunk_chars or min_distance_frac",
-                          {"context": ctx.id})
+                say = {"no_room": f"too short for two sections of {cfg.chunk_chars} chars "
+                                  f"{cfg.min_distance_frac:.0%} apart; lower tasks.compare.chunk_chars or "
+                                  "min_distance_frac",
+                       "ambiguous_anchor": "no section layout tried has a unique opening line to quote",
+                       "no_shared_topic": "no section layout tried names a common thing (a name, identifier or "
+                                          "rare word) in a line of each section"}[why]
+                self.drop(uid, why, f"{ctx.id}: {say}", {"context": ctx.id})
                 continue
             (a1, b1), (a2, b2) = pair.chunks
             prompt = tpl.format(source=ctx.source, topic=pair.topic, passage_1=ctx.text[a1:b1].strip(),
@@ -142,7 +150,8 @@ class CompareStage(LLMStage):
         lines = [ctx.text[a:b].strip() for a, b in p.lines]
         sides, writers = [], []
         for k, (side, sec, line) in enumerate(zip(said, sections, lines, strict=True)):
-            if not repetitive(side) and (k == 0 or side != said[0]) and grounded_side(side, sec, p.topic):
+            if not repetitive(side) and not degenerate(side) and (k == 0 or side != said[0]) \
+                    and grounded_side(side, sec, p.topic):
                 sides.append(side)
                 writers.append("llm")
             elif self.cfg.fallback == "quote":  # the line that names the topic, quoted: right by construction
