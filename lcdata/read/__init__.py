@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from lcdata.config import ReadConfig, SourceConfig
-from lcdata.read import corpora, files  # noqa: F401 - defining the source classes registers them
+from lcdata.read import corpora, documents, files  # noqa: F401 - defining the source classes registers them
 from lcdata.read.base import (
     SOURCES,
     Candidate,
