@@ -74,7 +74,7 @@ from lcdata.schema import (
     TOKENIZED_SCHEMA,
     Sample,
 )
-from lcdata.shards import MANIFEST, SHARD_DIR, write_shard
+from lcdata.shards import MANIFEST, SHARD_DIR, stub_card, write_shard
 from lcdata.stage import Lineage, RejectSink, StageStats
 from lcdata.tasks import ProgrammaticTasks
 from lcdata.tasks.synth import LLMStage
@@ -519,6 +519,7 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         "files": output_files(out, shard_stats),
         "config": dump_config(cfg),
     }
+    write_text(out / "README.md", stub_card(cfg.name))  # before the manifest: a finished build has it
     write_json(out / MANIFEST, manifest)
     info = {"pack_seconds": round(time.perf_counter() - t0, 3),
             "shard_seconds": {s["shard"]: s["seconds"] for s in shard_stats},

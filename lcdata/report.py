@@ -21,7 +21,7 @@ import yaml
 
 from lcdata.read import SOURCES
 from lcdata.schema import IGNORE_INDEX, SCHEMA_VERSION
-from lcdata.shards import SHARD_DIR, load_manifest
+from lcdata.shards import HF_CONFIGS, SHARD_DIR, load_manifest
 from lcdata.tasks import TASKS
 
 REPORT_DIR = "report"
@@ -207,7 +207,7 @@ def dataset_card(dir_: Path, data: dict[str, Any]) -> str:
         "pretty_name": m["name"], "license": _spdx(rows), "language": ["en"],
         "task_categories": ["text-generation", "question-answering"], "tags": ["long-context", "sft", "lcdata"],
         "size_categories": [size],
-        "configs": [{"config_name": "default", "data_files": [{"split": "train", "path": f"{SHARD_DIR}/*.arrow"}]}],
+        "configs": HF_CONFIGS,
     }
     by = data["by_task"]
     lin = m["lineage"]

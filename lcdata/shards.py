@@ -23,6 +23,24 @@ from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SCHEMA_VERSION, check_ver
 
 MANIFEST = "manifest.json"
 SHARD_DIR = "shards"
+# What `datasets.load_dataset(OUT)` reads (the YAML header of OUT/README.md): the packed rows by
+# default, the Sample records as config `samples` (train; eval samples as the test split).
+HF_CONFIGS = [
+    {"config_name": "default", "data_files": [{"split": "train", "path": f"{SHARD_DIR}/*.arrow"}]},
+    {"config_name": "samples", "data_files": [{"split": "train", "path": "samples/*.arrow"},
+                                              {"split": "test", "path": "eval/*.arrow"}]},
+]
+
+
+def stub_card(name: str) -> str:
+    """The dataset card a build writes (``lcdata report`` replaces it with the full one): its
+    YAML header tells ``datasets.load_dataset(OUT)`` where the rows are, which it would
+    otherwise guess from directory names (``eval/`` alone, as a test split)."""
+    import yaml
+
+    return (f"---\n{yaml.safe_dump({'pretty_name': name, 'configs': HF_CONFIGS}, sort_keys=False).strip()}\n---\n\n"
+            f"# {name}\n\nA long-context SFT dataset built by lcdata. `lcdata report DIR` writes the full dataset "
+            "card here; `lcdata inspect DIR` summarises it.\n")
 
 
 def shard_stats(batch: pa.RecordBatch) -> dict[str, int]:

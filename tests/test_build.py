@@ -45,6 +45,21 @@ def built(tmp_path_factory, model_dir):
     return out, manifest, cfg
 
 
+def test_the_output_loads_with_hugging_face_datasets(built):
+    """`datasets.load_dataset(OUT)` reads the packed rows (default) and the Sample records
+    (`samples`: train, and the eval samples as test), as the build's README header says."""
+    import datasets
+
+    out, m, _ = built
+    rows = datasets.load_dataset(str(out), cache_dir=str(out.parent / "hf-cache"))
+    assert list(rows) == ["train"] and rows["train"].num_rows == m["totals"]["rows"]
+    assert rows["train"].column_names == ["input_ids", "labels", "position_ids", "seq_lens", "sample_ids"]
+    samples = datasets.load_dataset(str(out), "samples", cache_dir=str(out.parent / "hf-cache"))
+    assert samples["test"].num_rows == m["lineage"]["samples"]["eval"] > 0
+    assert set(samples["test"]["task"]) == {"hotpot_haystack"}
+    assert samples["train"].num_rows >= m["lineage"]["samples"]["packed"]
+
+
 def test_manifest_and_checksums(built):
     out, m, _ = built
     assert check_shards(out) == []
