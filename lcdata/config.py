@@ -58,6 +58,9 @@ class SourceConfig(_Strict):
     )
     limit_groups: int | None = Field(None, ge=1, description="Keep the first N groups (books, packages) in sorted order.")
     docs_per_shard: int = Field(256, ge=1, description="Documents per input shard (whole groups are kept together).")
+    records_per_shard: int | None = Field(
+        None, ge=1, description="jsonl/parquet/arrow: split a file with more records into ranges of this many, each "
+        "an input shard of its own (one big file then runs on every worker); None: whole files.")
     license: str | None = Field(None, description="The texts' licence for the dataset card (SPDX id, e.g. CC-BY-4.0); "
                                 "shipped corpora know theirs.")
 
@@ -79,6 +82,13 @@ class SourceConfig(_Strict):
         if v not in source_kinds():
             raise ValueError(f"unknown source kind `{v}`; the kinds are: {', '.join(sorted(source_kinds()))}")
         return v
+
+    @model_validator(mode="after")
+    def _split(self) -> SourceConfig:
+        if self.records_per_shard and (self.group_field or self.strategy == "concat"):
+            raise ValueError(f"source `{self.name}`: `records_per_shard` splits files into record ranges, which "
+                             "could split a group that `group_field`/`concat` joins; unset one of them")
+        return self
 
     @model_validator(mode="after")
     def _needs_path(self) -> SourceConfig:

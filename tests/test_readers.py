@@ -274,3 +274,37 @@ def test_missing_file_is_counted_and_dropped(tmp_path):
     assert [d.id for d in docs] == ["t/b.txt"]
     assert lineage.to_json()["read"] == {"in": 2, "out": 1, "dropped": {"missing_file": 1}}
     assert "a.txt: file disappeared since planning; rerun the build" in sink.rows[0]["message"]
+
+
+# ---------------------------------------------------------------- big files in record ranges
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "arrow"])
+def test_a_big_record_file_is_split_into_input_shards_reading_the_same_records(tmp_path, kind):
+    recs = [{"text": f"Record {i}: the harbour master wrote down ship number {i}."} for i in range(100)]
+    path = tmp_path / f"big.{kind}"
+    if kind == "jsonl":
+        lines = [json.dumps(r) for r in recs]
+        lines.insert(40, "")  # a blank line (not a record) and a broken one keep their line numbers
+        lines.insert(70, '{"text": broken')
+        path.write_text("\n".join(lines) + "\n")
+    elif kind == "parquet":
+        pq.write_table(pa.table({"text": [r["text"] for r in recs]}), path, row_group_size=16)
+    else:
+        with ipc.new_file(str(path), pa.schema([("text", pa.string())])) as w:
+            for a in range(0, 100, 16):
+                w.write_table(pa.table({"text": [r["text"] for r in recs[a:a + 16]]}))
+    whole = SourceConfig(name="b", kind=kind, path=str(path))
+    split = SourceConfig(name="b", kind=kind, path=str(path), records_per_shard=30)
+    shards = plan_source(split)
+    assert len(shards) == 4 and len({s.id for s in shards}) == 4 and len(plan_source(whole)) == 1
+    assert all(len(s.units) == 1 and s.units[0].records for s in shards)
+    docs_whole, st_whole, sink_whole = read_all(whole)
+    docs_split, st_split, sink_split = read_all(split)
+    assert [(d.id, d.text) for d in docs_split] == [(d.id, d.text) for d in docs_whole]  # same ids, same order
+    assert len(docs_split) == 100 and st_split.to_json() == st_whole.to_json()
+    assert [r["record_id"] for r in sink_split.rows] == [r["record_id"] for r in sink_whole.rows]
+    assert plan_source(split)[2].to_json() == shards[2].to_json()  # stable plan: resume finds its shards
+
+
+def test_records_per_shard_refuses_to_split_groups():
+    with pytest.raises(ValidationError, match="`records_per_shard` splits files into record ranges"):
+        SourceConfig(name="b", kind="jsonl", path="x.jsonl", records_per_shard=10, group_field="book")

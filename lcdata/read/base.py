@@ -34,6 +34,9 @@ class Unit:
     rel: str  # relative to the source root, posix
     group: str
     order: int = 0
+    # a range of a big record file ([first, end) records; JSONL: lines, 1-based, and the byte
+    # offset of the first): a file split over several input shards (``records_per_shard``)
+    records: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -122,7 +122,9 @@ def record_item(cfg: SourceConfig, rec: dict[str, Any], where: str, fallback_id:
 
 
 class RecordFiles(Source):
-    """One record file, or a directory of them (every file with one of ``suffixes``)."""
+    """One record file, or a directory of them (every file with one of ``suffixes``). With
+    ``records_per_shard``, a file with more records is split into ranges of that many, each a
+    unit (and group) of its own, so one big file runs as several input shards."""
 
     needs_path = True
     suffixes: ClassVar[list[str]] = []
@@ -130,9 +132,28 @@ class RecordFiles(Source):
     @classmethod
     def units(cls, cfg: SourceConfig) -> list[Unit]:
         root = cls.existing_root(cfg)
-        if root.is_file():
-            return single_unit(root)
-        return [Unit(str(root / r), r, r) for r in walk(root, cls.suffixes, cfg)]
+        files = single_unit(root) if root.is_file() else [Unit(str(root / r), r, r) for r in walk(root, cls.suffixes, cfg)]
+        if not cfg.records_per_shard:
+            return files
+        out = []
+        for u in files:
+            ranges = cls.ranges(Path(u.path), cfg.records_per_shard)
+            if len(ranges) <= 1:
+                out.append(u)
+                continue
+            # the group names the range: shards cut between ranges, and a shard's id stays put
+            out += [Unit(u.path, u.rel, f"{u.group}@{r[0]:012d}", records=r) for r in ranges]
+        return out
+
+    @classmethod
+    def ranges(cls, path: Path, n: int) -> list[list[int]]:
+        """``[first, end)`` record ranges of ``n`` records (rows; a format may add more)."""
+        total = cls.count(path)
+        return [[a, min(total, a + n)] for a in range(0, total, n)]
+
+    @classmethod
+    def count(cls, path: Path) -> int:  # pragma: no cover - per format
+        raise NotImplementedError
 
 
 class Jsonl(RecordFiles):
@@ -141,10 +162,28 @@ class Jsonl(RecordFiles):
     suffixes = [".jsonl", ".json"]
 
     @classmethod
-    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        path = Path(unit.path)
+    def ranges(cls, path: Path, n: int) -> list[list[int]]:
+        """Ranges of ``n`` lines: ``[first line, end line, byte offset of the first]`` (1-based
+        line numbers, as in messages and ids), found in one pass over the file."""
+        out: list[list[int]] = []
+        offset = 0
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
+                if (lineno - 1) % n == 0:
+                    out.append([lineno, lineno, offset])
+                out[-1][1] = lineno + 1
+                offset += len(raw)
+        return out
+
+    @classmethod
+    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        path = Path(unit.path)
+        first, end, offset = unit.records if unit.records else (1, -1, 0)
+        with open(path, "rb") as f:
+            f.seek(offset)
+            for lineno, raw in enumerate(f, first):
+                if lineno == end:
+                    break
                 if not raw.strip():
                     continue  # blank lines are not records
                 yield Planned()
@@ -168,15 +207,16 @@ class Jsonl(RecordFiles):
 
 
 def table_items(cfg: SourceConfig, path: Path, rel: str, schema: pa.Schema,
-                batches: Iterator[pa.RecordBatch]) -> Iterator[SourceItem]:
-    """One item per row; a table without the text column is one dropped record."""
+                batches: Iterator[pa.RecordBatch], first_row: int = 0) -> Iterator[SourceItem]:
+    """One item per row (numbered from ``first_row``); a table without the text column is one
+    dropped record."""
     if cfg.text_field not in schema.names:
         yield Planned()
         yield Drop(f"{cfg.name}/{rel}", "missing_column",
                    f"{path}: no column `{cfg.text_field}` (columns: {', '.join(schema.names)}); "
                    "set `text_field` in the source config", str(path))
         return
-    row = 0
+    row = first_row
     for batch in batches:
         for rec in batch.to_pylist():
             yield Planned()
@@ -190,9 +230,28 @@ class Parquet(RecordFiles):
     suffixes = [".parquet"]
 
     @classmethod
+    def count(cls, path: Path) -> int:
+        return pq.ParquetFile(path).metadata.num_rows
+
+    @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
         pf = pq.ParquetFile(unit.path)
-        yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
+        if not unit.records:
+            yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
+            return
+        first, end = unit.records[:2]
+        # only the row groups that hold the range are read, then cut to it
+        groups, starts, at = [], [], 0
+        for i in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(i).num_rows
+            if at < end and at + n > first:
+                groups.append(i)
+                starts.append(at)
+            at += n
+        table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
+        table = table.slice(first - (starts[0] if starts else 0), end - first)
+        yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow,
+                               iter(table.to_batches(max_chunksize=256)), first)
 
 
 def open_arrow(path: Path) -> pa.Table:
@@ -211,9 +270,18 @@ class Arrow(RecordFiles):
     suffixes = [".arrow", ".feather", ".ipc"]
 
     @classmethod
+    def count(cls, path: Path) -> int:
+        return open_arrow(path).num_rows
+
+    @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        table = open_arrow(Path(unit.path))
-        yield from table_items(cfg, Path(unit.path), unit.rel, table.schema, iter(table.to_batches(max_chunksize=256)))
+        table = open_arrow(Path(unit.path))  # memory-mapped: a slice reads only its rows
+        first = 0
+        if unit.records:
+            first, end = unit.records[:2]
+            table = table.slice(first, end - first)
+        yield from table_items(cfg, Path(unit.path), unit.rel, table.schema,
+                               iter(table.to_batches(max_chunksize=256)), first)
 
 
 class HFDataset(Source):
