@@ -134,11 +134,14 @@ class ArrowWriter:
         self.tmp.unlink(missing_ok=True)
 
 
-def write_json(path: Path, obj: Any) -> None:
+def write_text(path: Path, text: str, sync: bool = True) -> None:
+    """``text`` to ``path`` atomically: a temp file (fsynced), then a rename; on any error the
+    temp file is removed and an I/O error names ``path``."""
     tmp = temp_path(path)
     try:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
-        fsync(tmp)
+        tmp.write_text(text)
+        if sync:
+            fsync(tmp)
         if path.name == "manifest.json":
             from lcdata.faults import crash_point
 
@@ -150,6 +153,10 @@ def write_json(path: Path, obj: Any) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def open_ipc(path: Path) -> pa.Table:

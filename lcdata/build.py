@@ -45,8 +45,8 @@ from lcdata.arrowio import (
     remove_temps,
     sha256_file,
     temp_path,
-    with_path,
     write_json,
+    write_text,
 )
 from lcdata.assemble import Assembler
 from lcdata.chat import ChatTokenizer, TokenizeStage
@@ -122,19 +122,6 @@ def prepare_output(cfg: BuildConfig, out: Path) -> None:
         shutil.rmtree(out / SHARD_DIR)
     for name in ("_build.arrow", "pack.arrow"):  # whole-build rejects: rewritten (or not) by this build
         (out / "rejects" / name).unlink(missing_ok=True)
-
-
-def write_text(path: Path, text: str) -> None:
-    tmp = temp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise with_path(e, path) from e
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def file_entry(path: Path) -> dict[str, Any]:

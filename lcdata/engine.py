@@ -33,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from lcdata.arrowio import fsync, temp_path, with_path
+from lcdata.arrowio import write_text
 from lcdata.faults import crash_point
 
 
@@ -114,17 +114,7 @@ class RequestCache:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"chunk-{self.n_chunks:05d}.jsonl"
-        tmp = temp_path(path)
-        try:
-            tmp.write_text("".join(json.dumps({"key": k, "text": v}) + "\n" for k, v in results.items()))
-            fsync(tmp)
-            os.replace(tmp, path)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise with_path(e, path) from e
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_text(path, "".join(json.dumps({"key": k, "text": v}) + "\n" for k, v in results.items()))
         self.n_chunks += 1
 
 

@@ -156,18 +156,11 @@ class ReadStage(Producer[Unit, Document]):
                     item = next(items)
                 except StopIteration:
                     break
-                except (MemoryError, KeyboardInterrupt):
+                except MemoryError:
                     raise
-                except OSError as e:
-                    if e.errno in TRANSIENT_ERRNOS:  # not the file's fault: fail the shard, a rerun retries
-                        raise
-                    if not pending:
-                        yield Planned()
-                    self.drop(rid, "unreadable_file",
-                              f"{path}: cannot be read ({type(e).__name__}: {str(e)[:300]}); the rest of the "
-                              "build goes on without it: fix or replace the file, then rerun")
-                    break
                 except (Exception, RecursionError) as e:  # noqa: BLE001 - reported, not swallowed
+                    if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
+                        raise  # not the file's fault: fail the shard, a rerun retries
                     if not pending:
                         yield Planned()
                     self.drop(rid, "unreadable_file",
