@@ -75,38 +75,46 @@ class OutputLock:
         self.out.mkdir(parents=True, exist_ok=True)
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            held = False
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                info = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
-                os.close(fd)
-                raise OutputLocked(
-                    f"{self.out} is being written by another build: {describe(info)}. Wait for it to "
-                    "finish (or stop it; a rerun then resumes), or build into another --out"
-                ) from None
-            # the file may have been removed by a holder releasing between our open and lock:
-            # then we lock an orphan inode; start over on the current file
-            try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        stale = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    info = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                    raise OutputLocked(
+                        f"{self.out} is being written by another build: {describe(info)}. Wait for it to "
+                        "finish (or stop it; a rerun then resumes), or build into another --out"
+                    ) from None
+                held = True
+                # the file may have been removed by a holder releasing between our open and lock:
+                # then we lock an orphan inode; start over on the current file
+                try:
+                    same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                except FileNotFoundError:
+                    same = False
+                if not same:
+                    os.close(fd)
+                    continue
+                stale = _holder(os.pread(fd, 4096, 0).decode("utf-8", "replace"))
+                me = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
+                      "command": " ".join(os.path.basename(a) if i == 0 else a
+                                          for i, a in enumerate(sys.argv))[:300]}
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps(me).encode(), 0)
+                os.fsync(fd)
+            except BaseException:
+                # refused, or interrupted half way (Ctrl-C): leave no lock behind that we held
+                if held:
+                    with contextlib.suppress(OSError):
+                        self.path.unlink()
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                raise
+            break
         if stale:  # a holder that released cleanly removes the file: this one died holding it
             self.took_over = stale
             log.warning("%s: took over the lock of a build that ended without releasing it (%s)",
                         self.out, describe(stale))
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": round(time.time(), 3),
-              "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))[:300]}
-        try:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
-            os.fsync(fd)
-        except BaseException:
-            os.close(fd)
-            raise
         self.fd = fd
         _HELD.add(fd)
         return self
