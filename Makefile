@@ -53,6 +53,7 @@ model: $(MODEL)/.lcdata-prepared.json
 
 demo: setup model data
 	$(BIN)/lcdata build configs/demo.yaml --out out/demo
+	$(BIN)/lcdata verify out/demo
 	$(BIN)/lcdata inspect out/demo
 	$(BIN)/lcdata show out/demo --row 0 --max-chars 300
 	$(BIN)/lcdata show out/demo --task multihop --max-chars 300
@@ -63,7 +64,7 @@ demo: setup model data
 	@echo "model:      $(MODEL)"
 	@echo "dataset:    out/demo (manifest.json, shards/, samples/, eval/, contexts/, rejects/, cache/ = LLM requests)"
 	@echo "a sample:   $(BIN)/lcdata show out/demo --task summary   (or multihop, compare, lift_qa, short_qa, needles...)"
-	@echo "inspect:    $(BIN)/lcdata inspect out/demo"
+	@echo "inspect:    $(BIN)/lcdata inspect out/demo   (verify: $(BIN)/lcdata verify out/demo)"
 	@echo "report:     out/demo/report/index.html (plots), out/demo/README.md (dataset card)"
 	@echo "training:   runs/demo (log.jsonl, loss.png, checkpoint/, final/ = a Hugging Face model directory)"
 	@echo "eval:       runs/demo/eval (summary.md, results.json, niah.png, multihop.png, counterfactual.png, summary.png)"
