@@ -78,6 +78,20 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def file_entry(path: Path) -> dict[str, Any]:
+    """What a manifest records of a file: its size and sha256."""
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}  # the key order shards always had
+
+
+def file_change(path: Path, want: dict[str, Any]) -> str | None:
+    """How ``path`` differs from its ``file_entry`` (``missing``, ``size``, ``sha256``), or None."""
+    if not path.is_file():
+        return "missing"
+    if path.stat().st_size != want["bytes"]:
+        return "size"
+    return "sha256" if sha256_file(path) != want["sha256"] else None
+
+
 class ArrowWriter:
     """Streams record batches into an Arrow IPC *file* under a temp name; ``close`` renames."""
 

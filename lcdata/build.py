@@ -40,6 +40,8 @@ import yaml
 from lcdata import __version__
 from lcdata.arrowio import (
     ArrowWriter,
+    file_change,
+    file_entry,
     open_ipc,
     open_ipc_mapped,
     remove_temps,
@@ -124,18 +126,9 @@ def prepare_output(cfg: BuildConfig, out: Path) -> None:
         (out / "rejects" / name).unlink(missing_ok=True)
 
 
-def file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": sha256_file(path)}
-
-
 def changed_files(out: Path, files: dict[str, dict[str, Any]]) -> list[str]:
     """The files (relative to ``out``) that are missing or differ from their recorded size and sha256."""
-    bad = []
-    for rel, want in files.items():
-        p = out / rel
-        if not p.is_file() or p.stat().st_size != want["bytes"] or sha256_file(p) != want["sha256"]:
-            bad.append(rel)
-    return bad
+    return [rel for rel, want in files.items() if file_change(out / rel, want)]
 
 
 PER_SHARD_OUTPUTS = ("work", "samples", "eval", "contexts", "rejects")

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
-from lcdata.arrowio import ArrowWriter, open_ipc, sha256_file
+from lcdata.arrowio import ArrowWriter, file_change, file_entry, open_ipc, sha256_file
 from lcdata.schema import IGNORE_INDEX, PACKED_SCHEMA, SCHEMA_VERSION, check_version
 
 MANIFEST = "manifest.json"
@@ -66,7 +66,7 @@ def write_shard(batches: Iterable[pa.RecordBatch], path: Path) -> dict[str, Any]
         w.abort()
         raise
     w.close()
-    return {"path": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, **totals}
+    return {"path": path.name, **file_entry(path), **totals}
 
 
 def load_manifest(dir_: Path) -> dict[str, Any]:
@@ -124,18 +124,17 @@ def check_build(dir_: Path) -> list[str]:
     dir_ = Path(dir_)
     problems = check_shards(dir_)
     m = load_manifest(dir_)
+    rerun = "rerun `lcdata build` with the same config and --out (it redoes it)"
     for rel, want in m.get("files", {}).items():
         path = dir_ / rel
-        if not path.is_file():
-            problems.append(f"{path}: missing; rerun `lcdata build` with the same config and --out (it redoes it)")
-            continue
-        size = path.stat().st_size
-        if size != want["bytes"]:
-            problems.append(f"{path}: {size:,} bytes, the manifest says {want['bytes']:,} (truncated or "
-                            "overwritten); rerun `lcdata build` with the same config and --out (it redoes it)")
-        elif sha256_file(path) != want["sha256"]:
-            problems.append(f"{path}: sha256 differs from the manifest (the file changed after the build); "
-                            "rerun `lcdata build` with the same config and --out (it redoes it)")
+        change = file_change(path, want)
+        if change == "missing":
+            problems.append(f"{path}: missing; {rerun}")
+        elif change == "size":
+            problems.append(f"{path}: {path.stat().st_size:,} bytes, the manifest says {want['bytes']:,} "
+                            f"(truncated or overwritten); {rerun}")
+        elif change == "sha256":
+            problems.append(f"{path}: sha256 differs from the manifest (the file changed after the build); {rerun}")
     listed = {s["path"] for s in m["shards"]}
     for p in sorted((dir_ / SHARD_DIR).glob("*")):
         if p.name not in listed:

@@ -92,13 +92,13 @@ def plan_source(src: SourceConfig) -> list[InputShard]:
     cur: list[Unit] = []
     first = ""
     for g in names:
-        if cur and groups[g][0].records is not None:  # close the shard before a range too
+        ranged = groups[g][0].records is not None  # a range of a big file: an input shard of its own
+        if cur and ranged:  # so the shard before it ends here
             shards.append(InputShard(_shard_id(src.name, first), src.name, cur))
             cur = []
         if not cur:
             first = g
         cur.extend(sorted(groups[g], key=lambda u: (u.order, u.rel)))
-        ranged = groups[g][0].records is not None  # a range of a big file: an input shard of its own
         if ranged or cut_after(g, len(groups[g]), src.docs_per_shard) or len(cur) >= 4 * src.docs_per_shard:
             shards.append(InputShard(_shard_id(src.name, first), src.name, cur))
             cur = []

@@ -93,21 +93,17 @@ class Html(FileTree):
     description = "HTML pages (main content extracted with trafilatura)"
     suffixes: ClassVar[list[str]] = [".html", ".htm", ".xhtml"]
 
+    fmt = "html"
+
     @classmethod
-    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        yield Planned()
-        path = Path(unit.path)
-        doc_id = f"{cfg.name}/{unit.rel}"
+    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
         html = decode_html(path.read_bytes(), str(path), doc_id)
         if isinstance(html, Drop):
-            yield html
-            return
+            return html
         text = html_to_text(html)
         if len(text.split()) < MIN_WORDS:  # nothing, or only what was left of a menu ("Home")
-            yield no_text(doc_id, str(path), "the page")
-            return
-        meta = {"path": unit.rel, "group": unit.group, "order": unit.order, "format": "html"}
-        yield Candidate(Document(doc_id, cfg.name, text, meta), str(path))
+            return no_text(doc_id, str(path), "the page")
+        return text
 
 
 class Pdf(FileTree):
@@ -228,17 +224,11 @@ class Docx(FileTree):
     description = "Word documents (.docx, python-docx)"
     suffixes: ClassVar[list[str]] = [".docx"]
 
+    fmt = "docx"
+
     @classmethod
-    def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        yield Planned()
-        path = Path(unit.path)
-        doc_id = f"{cfg.name}/{unit.rel}"
-        text = docx_text(path)
-        if not text:
-            yield no_text(doc_id, str(path), "the document")
-            return
-        meta = {"path": unit.rel, "group": unit.group, "order": unit.order, "format": "docx"}
-        yield Candidate(Document(doc_id, cfg.name, text, meta), str(path))
+    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
+        return docx_text(path) or no_text(doc_id, str(path), "the document")
 
 
 def docx_text(path: Path) -> str:

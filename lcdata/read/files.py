@@ -64,16 +64,25 @@ class FileTree(Source):
         rels = sorted(walk(root, cls.extensions(cfg), cfg, cls.skip), key=cls.sort_key)
         return [Unit(str(root / r), r, cls.group_of(r)) for r in rels]
 
+    fmt: ClassVar[str | None] = None  # a converted format, recorded in the document metadata
+
+    @classmethod
+    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
+        """The file's text, or why there is none (a format reader converts here)."""
+        return decode_utf8(path.read_bytes(), str(path), doc_id)
+
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
         yield Planned()
         path = Path(unit.path)
         doc_id = f"{cfg.name}/{unit.rel}"
-        text = decode_utf8(path.read_bytes(), str(path), doc_id)
+        text = cls.to_text(path, doc_id)
         if isinstance(text, Drop):
             yield text
             return
-        meta = {"path": unit.rel, "group": unit.group, "order": unit.order}
+        meta: dict[str, Any] = {"path": unit.rel, "group": unit.group, "order": unit.order}
+        if cls.fmt:
+            meta["format"] = cls.fmt
         yield Candidate(Document(doc_id, cfg.name, text, meta), str(path))
 
 
