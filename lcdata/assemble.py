@@ -6,7 +6,10 @@ poured into contexts of a target length chosen per context from the configured b
 
 - ``natural``: each document alone (a long one yields several consecutive windows);
 - ``concat``: the documents of one group (a repository's files, a play's acts, a manual's
-  pages) in their planned order, each file announced by a ``==> path <==`` header.
+  pages) in their planned order, each file announced by a ``==> path <==`` header;
+- ``neighbours``: all documents of the input shard in the order of an embedding
+  nearest-neighbour walk (``lcdata.neighbours``), so each context joins related documents;
+  ``Context.joins`` records the similarity at each join.
 
 Every context keeps exact provenance: for each part,
 ``context.text[ctx_start:ctx_end] == document.text[doc_start:doc_end]``.
@@ -18,6 +21,8 @@ import random
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+
+import numpy as np
 
 from lcdata.chat import ChatTokenizer
 from lcdata.config import AssembleConfig
@@ -105,6 +110,9 @@ class Assembler(Producer[Document, Context]):
 
     def produce(self, records: Iterable[Document]) -> Iterator[Context | Kept]:
         group: list[Document] = []
+        if self.strategy == "neighbours":
+            yield from self._neighbours(list(records))
+            return
         for doc in records:
             if self.strategy == "natural":
                 yield from self._assemble([doc], doc.id)
@@ -116,8 +124,22 @@ class Assembler(Producer[Document, Context]):
         if group:
             yield from self._assemble(group, group[0].group)
 
+    def _neighbours(self, docs: list[Document]) -> Iterator[Context | Kept]:
+        """The shard's documents in nearest-neighbour walk order, poured into contexts as one
+        sequence, named after the shard's first group (unique: shards never split groups)."""
+        if not docs:
+            return
+        from lcdata.neighbours import embedder, neighbour_order
+
+        nc = self.cfg.neighbours
+        order, vecs = neighbour_order([d.text[:nc.embed_chars] for d in docs], embedder(nc.embedder), nc.k)
+        self.vectors = {docs[i].id: vecs[i] for i in range(len(docs))}
+        yield from self._assemble([docs[i] for i in order], docs[0].group)
+
+    vectors: dict[str, np.ndarray] | None = None  # neighbours: each document's embedding
+
     def _header(self, doc: Document, n_docs: int) -> str:
-        if n_docs > 1 and "path" in doc.metadata and self.strategy == "concat" and "#" not in doc.id:
+        if n_docs > 1 and "path" in doc.metadata and self.strategy != "natural" and "#" not in doc.id:
             return f"==> {doc.metadata['path']} <==\n"
         return ""
 
@@ -172,11 +194,16 @@ class Assembler(Producer[Document, Context]):
             if d.id in used:
                 yield Kept()
             else:
-                self.drop(d.id, "too_short",
-                          f"{d.id}: {len(d.text):,} chars, too short for any context "
-                          f"(min_fill {self.cfg.min_fill} x bucket); lower `assemble.min_fill` or "
-                          "the buckets, or join it with related documents (strategy concat)",
-                          {"id": d.id, "chars": len(d.text)})
+                self.drop(d.id, "too_short", self._too_short(d), {"id": d.id, "chars": len(d.text)})
+
+    def _too_short(self, d: Document) -> str:
+        if self.strategy == "neighbours":
+            return (f"{d.id}: {len(d.text):,} chars, in the last documents of its input shard's neighbour walk, "
+                    f"too few tokens for another context (min_fill {self.cfg.min_fill} x bucket); lower "
+                    "`assemble.min_fill` or put more documents in a shard (`records_per_shard`, `docs_per_shard`)")
+        return (f"{d.id}: {len(d.text):,} chars, too short for any context (min_fill {self.cfg.min_fill} x bucket); "
+                "lower `assemble.min_fill` or the buckets, or join it with related documents (strategy concat "
+                "or neighbours)")
 
     def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int,
               headers: dict[str, str]) -> tuple[Context | None, int]:
@@ -207,5 +234,9 @@ class Assembler(Producer[Document, Context]):
             return self._emit(acc[:-1], source, group, k, target, headers)
         if n_tokens < self.cfg.min_fill * budget:
             return None, len(acc)
-        ctx = Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target)
+        joins: list[float] = []
+        if self.vectors is not None:
+            joins = [round(float(self.vectors[a.doc_id] @ self.vectors[b.doc_id]), 4)
+                     for a, b in zip(parts, parts[1:], strict=False)]
+        ctx = Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target, joins)
         return ctx, len(acc)

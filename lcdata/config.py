@@ -53,8 +53,9 @@ class SourceConfig(_Strict):
     extensions: list[str] | None = Field(None, description="File suffixes for text_dir/code_repo.")
     include: list[str] = Field(default_factory=list, description="Glob patterns on relative paths; empty = all.")
     exclude: list[str] = Field(default_factory=list)
-    strategy: Literal["natural", "concat"] | None = Field(
-        None, description="natural: each document alone; concat: join the documents of one group. Default per kind."
+    strategy: Literal["natural", "concat", "neighbours"] | None = Field(
+        None, description="natural: each document alone; concat: join the documents of one group; neighbours: join "
+        "similar documents of an input shard (embedding nearest neighbours, `assemble.neighbours`). Default per kind."
     )
     limit_groups: int | None = Field(None, ge=1, description="Keep the first N groups (books, packages) in sorted order.")
     docs_per_shard: int = Field(256, ge=1, description="Documents per input shard (whole groups are kept together).")
@@ -102,12 +103,23 @@ class ReadConfig(_Strict):
     min_doc_chars: int = Field(1, ge=1, description="Shorter (after strip) documents are dropped (reason empty).")
 
 
+class NeighboursConfig(_Strict):
+    """``strategy: neighbours``: how related documents are found (see ``lcdata.neighbours``)."""
+
+    embedder: Literal["minilm", "static"] = Field(
+        "static", description="static: WordLlama 256-d static embeddings (fast, numpy); minilm: all-MiniLM-L6-v2 "
+        "(slower, better matches). bench/neighbours_scale.py measures both.")
+    k: int = Field(16, ge=1, le=256, description="Neighbours searched per document.")
+    embed_chars: int = Field(2000, ge=100, description="Characters of each document's start that are embedded.")
+
+
 class AssembleConfig(_Strict):
     buckets: list[int] = Field(default_factory=lambda: [4096], description="Target sample lengths in tokens.")
     bucket_weights: list[float] | None = None
     reserve_tokens: int = Field(256, ge=0, description="Tokens kept free in each bucket for template, question, answer.")
     min_fill: float = Field(0.5, gt=0, le=1, description="A context shorter than min_fill x its target is dropped.")
     short_max_tokens: int = Field(2048, ge=1, description="Samples up to this many tokens count as `short` in the mix.")
+    neighbours: NeighboursConfig = Field(default_factory=NeighboursConfig)
 
     @field_validator("buckets")
     @classmethod

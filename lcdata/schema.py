@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.2"  # 1.2: Sample.question / answer; 1.1: evidence token offsets, context_message -1
+SCHEMA_VERSION = "1.3"  # 1.3: Context.joins; 1.2: Sample.question / answer; 1.1: evidence token offsets, context_message -1
 IGNORE_INDEX = -100  # label value that carries no loss (PyTorch / transformers convention)
 
 # Split of a sample in the long:short mix.
@@ -85,11 +85,14 @@ CONTEXT_SCHEMA = pa.schema(
         pa.field("id", pa.string(), nullable=False),
         pa.field("source", pa.string(), nullable=False),
         pa.field("group", pa.string(), nullable=False),
-        pa.field("strategy", pa.string(), nullable=False),  # natural | concat
+        pa.field("strategy", pa.string(), nullable=False),  # natural | concat | neighbours
         pa.field("text", pa.large_string(), nullable=False),
         pa.field("parts", pa.list_(PART_TYPE), nullable=False),
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("target_tokens", pa.int32(), nullable=False),  # the bucket it was cut for
+        # neighbours: cosine similarity of the documents on each side of each join
+        # (joins[i] between parts[i] and parts[i+1]); empty for the other strategies
+        pa.field("joins", pa.list_(pa.float32()), nullable=False),
     ],
     metadata=_meta("context"),
 )
@@ -117,9 +120,11 @@ class Context:
     parts: list[Part]
     n_tokens: int
     target_tokens: int
+    joins: list[float] = field(default_factory=list)
 
     def to_row(self) -> dict[str, Any]:
         row = self.__dict__.copy()
+        row["joins"] = list(self.joins)
         row["parts"] = [p.to_row() for p in self.parts]
         return row
 

@@ -89,3 +89,62 @@ def test_buckets_are_used(tok, weights):
     docs = docs_of(SourceConfig(name="sh", kind="shakespeare", include=["comedies/*"], limit_groups=2))
     ctxs, _ = assemble(docs, tok, "concat", buckets=[1024, 4096], bucket_weights=weights)
     assert {c.target_tokens for c in ctxs} == {1024, 4096}
+
+
+# ------------------------------------------------------------------ neighbours
+def topic_paragraphs() -> tuple[list[Document], dict[str, str]]:
+    """Short real documents of two unrelated topics, interleaved: Macbeth's speeches and the
+    paragraphs of the `json` and `pickle` modules' documentation."""
+    import re
+
+    from lcdata.read.corpora import python_docs_root
+
+    play = docs_of(SourceConfig(name="sh", kind="shakespeare", include=["tragedies/macbeth.md"]))
+    speeches = [p for d in play for p in re.split(r"\n\s*\n", d.text) if 300 <= len(p) <= 1500][:40]
+    lib = python_docs_root(SourceConfig(name="d", kind="python_docs")) / "library"
+    rst = (lib / "json.rst.txt").read_text() + "\n\n" + (lib / "pickle.rst.txt").read_text()
+    paras = [p for p in re.split(r"\n\s*\n", rst) if 300 <= len(p) <= 1500][:40]
+    docs, topic = [], {}
+    for i, (a, b) in enumerate(zip(speeches, paras, strict=False)):
+        for name, text in (("play", a), ("json", b)):
+            d = Document(f"mix/{name}-{i:02d}", "mix", text, {"group": "mix", "order": len(docs)})
+            docs.append(d)
+            topic[d.id] = name
+    return docs, topic
+
+
+@pytest.mark.parametrize("embedder", ["static", "minilm"])
+def test_neighbours_joins_related_documents_once_each(tok, embedder):
+    docs, topic = topic_paragraphs()
+    assert len(docs) >= 60
+    ctxs, st = assemble(docs, tok, "neighbours", buckets=[1024], reserve_tokens=128, min_fill=0.3,
+                        neighbours={"embedder": embedder, "k": 8})
+    check_provenance(ctxs, docs)
+    used = [p.doc_id for c in ctxs for p in c.parts]
+    # every document in the walk once: a document appears again only as its own continuation
+    firsts = [p.doc_id for c in ctxs for i, p in enumerate(c.parts) if p.doc_start == 0]
+    assert len(firsts) == len(set(firsts))
+    assert set(used) <= {d.id for d in docs}
+    assert st.in_ == st.out + sum(st.dropped.values()) == len(docs)
+    for c in ctxs:
+        assert c.strategy == "neighbours" and len(c.joins) == len(c.parts) - 1
+        assert all(-1.0 <= j <= 1.0001 for j in c.joins)
+    # interleaved input: in the input order every join crosses topics; the walk keeps topics together
+    joins = [(a.doc_id, b.doc_id) for c in ctxs for a, b in zip(c.parts, c.parts[1:], strict=False)]
+    same = sum(topic[a] == topic[b] for a, b in joins) / len(joins)
+    assert same >= 0.85, same
+    # the recorded similarity is the embedding cosine of the two documents
+    from lcdata.neighbours import embedder as get
+
+    e = get(embedder)
+    c = next(c for c in ctxs if c.joins)
+    a, b = (next(d for d in docs if d.id == p.doc_id) for p in c.parts[:2])
+    v = e([a.text[:2000], b.text[:2000]])
+    assert c.joins[0] == pytest.approx(float(v[0] @ v[1]), abs=1e-3)
+
+
+def test_neighbours_is_deterministic(tok):
+    docs, _ = topic_paragraphs()
+    one, _ = assemble(docs, tok, "neighbours", buckets=[1024], reserve_tokens=128, min_fill=0.3)
+    two, _ = assemble([Document(d.id, d.source, d.text, dict(d.metadata)) for d in docs], tok, "neighbours", buckets=[1024], reserve_tokens=128, min_fill=0.3)
+    assert [c.to_row() for c in one] == [c.to_row() for c in two]

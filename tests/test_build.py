@@ -212,3 +212,45 @@ def test_a_code_change_redoes_finished_shards(built, tmp_path, monkeypatch):
     m2 = build_local(cfg, out2)
     assert marker.read_text() != key  # redone under the new key
     assert [s["sha256"] for s in m2["shards"]] == [s["sha256"] for s in m["shards"]]
+
+
+def test_neighbours_build_from_short_records(tmp_path, model_dir):
+    """HotpotQA's Wikipedia paragraphs as a JSONL of short records, two input shards, joined by
+    embedding neighbours: contexts record their joins, the coherence filter runs on them."""
+    from lcdata.read.corpora import eval_data_dir
+
+    rows = json.loads((eval_data_dir() / "hotpotqa.json").read_text())[:40]
+    paras = {t: "".join(s) for q in rows for t, s in q["context"]}
+    src = tmp_path / "paras"
+    src.mkdir()
+    (src / "wiki.jsonl").write_text("".join(json.dumps({"id": t, "text": p}) + "\n" for t, p in sorted(paras.items())))
+    raw = {
+        "name": "nb", "model": str(model_dir),
+        "sources": [{"name": "wiki", "kind": "jsonl", "path": str(src), "id_field": "id", "strategy": "neighbours",
+                     "records_per_shard": (len(paras) + 1) // 2}],
+        "assemble": {"buckets": [1024], "reserve_tokens": 128},
+        "filters": {"coherence": {"enabled": True}},
+        "tasks": [{"kind": "needles"}],
+        "pack": {"seq_len": 2048},
+    }
+    out = tmp_path / "ds"
+    cfg = parse_config(raw)
+    m = build_local(cfg, out)
+    ctxs = pl.concat([pl.read_ipc(p) for p in sorted((out / "contexts").glob("*.arrow"))])
+    assert ctxs.height >= 10 and set(ctxs["strategy"]) == {"neighbours"}
+    # contexts are named after their input shard's first document: one name per shard
+    firsts = sorted(paras)[:: (len(paras) + 1) // 2]
+    assert set(ctxs["group"]) == {f"wiki/{t}" for t in firsts}
+    for parts, joins in zip(ctxs["parts"].to_list(), ctxs["joins"].to_list(), strict=True):
+        assert len(joins) == len(parts) - 1 and all(-1 <= j <= 1.0001 for j in joins)
+    lin = m["lineage"]
+    assert lin["documents"]["read"] == len(paras)
+    assert lin["stages"]["assemble"]["in"] == lin["stages"]["assemble"]["out"] + sum(
+        lin["stages"]["assemble"]["dropped"].values())
+    assert "coherence" in lin["stages"]
+    # a rerun skips both shards and gives the same shards
+    markers = {p: p.stat().st_mtime_ns for p in (out / "work").glob("*/_DONE")}
+    assert len(markers) == 2
+    again = build_local(cfg, out)
+    assert {p: p.stat().st_mtime_ns for p in markers} == markers
+    assert [s["sha256"] for s in again["shards"]] == [s["sha256"] for s in m["shards"]]

@@ -25,7 +25,7 @@ from lcdata.stage import Planned
 if TYPE_CHECKING:
     from lcdata.config import SourceConfig
 
-Strategy = Literal["natural", "concat"]
+Strategy = Literal["natural", "concat", "neighbours"]
 
 
 @dataclass
