@@ -153,7 +153,7 @@ def remote_root(cfg: SourceConfig) -> RemoteRoot:
         raise SourceError(f"source `{cfg.name}`: {cfg.path} does not exist; fix `path` in the config (for a "
                           "private bucket or repository, check the credentials in the environment)") from e
     # HTTP has no directories: a URL ending in "/" is an index page whose links are the files
-    is_dir = info.get("type") == "directory" or (fs.protocol[0] in ("http", "https") and cfg.path.endswith("/"))
+    is_dir = info.get("type") == "directory" or (cfg.path.startswith(("http://", "https://")) and cfg.path.endswith("/"))
     return RemoteRoot(url, fs, path, is_dir)
 
 
