@@ -68,6 +68,7 @@ from lcdata.pipeline import (
     shard_pipeline,
 )
 from lcdata.read import InputShard, ReadStage, plan_source
+from lcdata.read.fs import is_url, stamp
 from lcdata.schema import (
     CONTEXT_SCHEMA,
     PURPOSE_EVAL,
@@ -107,7 +108,7 @@ def code_hash() -> str:
 
 
 def config_hash(cfg: BuildConfig, extra: Any = None) -> str:
-    blob = json.dumps([__version__, code_hash(), SCHEMA_VERSION, dump_config(cfg), extra], sort_keys=True)
+    blob = json.dumps([__version__, code_hash(), SCHEMA_VERSION, dump_config(cfg, redact=True), extra], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -118,7 +119,7 @@ def prepare_output(cfg: BuildConfig, out: Path) -> None:
     hold rows that no manifest describes."""
     out.mkdir(parents=True, exist_ok=True)
     remove_temps(out)
-    write_text(out / "config.yaml", yaml.safe_dump(dump_config(cfg), sort_keys=False))
+    write_text(out / "config.yaml", yaml.safe_dump(dump_config(cfg, redact=True), sort_keys=False))
     (out / MANIFEST).unlink(missing_ok=True)
     if (out / SHARD_DIR).exists():
         shutil.rmtree(out / SHARD_DIR)
@@ -153,10 +154,14 @@ def prune_stale(out: Path, shards: list[dict[str, Any]]) -> list[str]:
     return removed
 
 
-def unit_stamps(shard_json: dict[str, Any]) -> list[tuple[str, int, int]]:
-    """Size and mtime of every file of an input shard: an edited file redoes its shard."""
-    out = []
+def unit_stamps(shard_json: dict[str, Any], storage_options: dict[str, Any] | None = None) -> list[tuple[str, int, int | str]]:
+    """Size and mtime of every file of an input shard (a remote file: size and ETag, else
+    size and modification time, ``lcdata.read.fs.stamp``): an edited file redoes its shard."""
+    out: list[tuple[str, int, int | str]] = []
     for u in shard_json["units"]:
+        if is_url(u["path"]):
+            out.append((u["rel"], *stamp(u["path"], storage_options)))
+            continue
         st = os.stat(u["path"])
         out.append((u["rel"], st.st_size, st.st_mtime_ns))
     return out
@@ -216,7 +221,8 @@ def shard_key(cfg: BuildConfig, shard_json: dict[str, Any], doc_dups: dict[str, 
     """The completion key of one input shard: the config, lcdata's code, the shard's files
     (paths, sizes, mtimes) and the documents the whole-build dedup drops from it."""
     mine = doc_dups.get("by_shard", {}).get(shard_json["id"], {}) if doc_dups is not None else None
-    return config_hash(cfg, [shard_json, unit_stamps(shard_json), mine])
+    stamps = unit_stamps(shard_json, source_config(cfg, shard_json["source"]).storage_options)
+    return config_hash(cfg, [shard_json, stamps, mine])
 
 
 class ShardOutputs:
@@ -497,7 +503,7 @@ def pack_and_write(cfg: BuildConfig, shard_stats: list[dict[str, Any]], out: Pat
         "contexts_files": sorted(f"contexts/{p.name}" for p in (out / "contexts").glob("*.arrow")),
         # every other output, for `lcdata verify` (the shards' own entries are above)
         "files": output_files(out, shard_stats),
-        "config": dump_config(cfg),
+        "config": dump_config(cfg, redact=True),
     }
     write_text(out / "README.md", stub_card(cfg.name))  # before the manifest: a finished build has it
     write_json(out / MANIFEST, manifest)

@@ -64,6 +64,7 @@ def build(
     from lcdata.lock import OutputLocked
     from lcdata.read import SourceError
     from lcdata.read.corpora import MissingCorpusError
+    from lcdata.read.fs import RemoteReadError
 
     try:
         if local:
@@ -88,6 +89,8 @@ def build(
     except MemoryError:
         _fail(f"out of memory while building {out}: lower `docs_per_shard`, `--workers` or the engine's "
               "`kv_cache_gib`, then rerun the same command (finished shards are kept)", 1)
+    except RemoteReadError as e:  # before OSError: it is one, but names a URL, not OUT
+        _fail(str(e), 1)
     except OSError as e:
         _fail(resource_error(e, out), 1)
     console.print(

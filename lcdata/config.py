@@ -46,7 +46,14 @@ class SourceConfig(_Strict):
     name: str = Field(description="Unique source name; prefixes document ids and output file names "
                       "(letters, digits, `_`, `-`, `.`; no `/`).")
     kind: SourceKind
-    path: str | None = Field(None, description="File or directory; required for generic kinds.")
+    path: str | None = Field(None, description="File or directory; required for generic kinds. May be an fsspec "
+                             "URL (s3://, gs://, hf://, https://, memory://) for text_dir, code_repo, jsonl, "
+                             "parquet, arrow, html, pdf, epub and docx; it is then read streaming.")
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options for the filesystem of a URL `path` (fsspec storage options, e.g. "
+        "`endpoint_url`, `anon`). Keep credentials in the environment (AWS_*, GOOGLE_APPLICATION_CREDENTIALS, "
+        "HF_TOKEN), where s3fs, gcsfs and huggingface_hub find them: values of keys naming a key, secret, token or "
+        "password are written as <redacted> in the saved config.")
     text_field: str = "text"
     id_field: str | None = None
     group_field: str | None = Field(None, description="Record field naming the group to join (JSONL/Parquet/Arrow/HF).")
@@ -95,6 +102,21 @@ class SourceConfig(_Strict):
     def _needs_path(self) -> SourceConfig:
         if source_kinds()[self.kind].needs_path and not self.path:
             raise ValueError(f"source `{self.name}` of kind `{self.kind}` needs `path`")
+        return self
+
+    @model_validator(mode="after")
+    def _remote(self) -> SourceConfig:
+        from lcdata.read.fs import is_url
+
+        if not is_url(self.path):
+            if self.storage_options:
+                raise ValueError(f"source `{self.name}`: `storage_options` applies to a URL `path` (s3://, ...) "
+                                 f"only, and {self.path!r} is local; remove it")
+            return self
+        if not source_kinds()[self.kind].remote:
+            kinds = ", ".join(sorted(k for k, c in source_kinds().items() if c.remote))
+            raise ValueError(f"source `{self.name}` of kind `{self.kind}` reads local files only, and `path` is the "
+                             f"URL {self.path}; download it first (or use one of the kinds that read URLs: {kinds})")
         return self
 
 
@@ -487,5 +509,20 @@ def parse_config(raw: dict[str, Any], where: str = "config") -> BuildConfig:
         raise ConfigError(_format_errors(e, where)) from None
 
 
-def dump_config(cfg: BuildConfig) -> dict[str, Any]:
-    return cfg.model_dump(mode="json")
+SECRET_KEY = re.compile(r"key|secret|token|password|passwd|credential|auth", re.I)
+
+
+def _redact(options: Any) -> Any:
+    if isinstance(options, dict):
+        return {k: "<redacted>" if SECRET_KEY.search(str(k)) else _redact(v) for k, v in options.items()}
+    return options
+
+
+def dump_config(cfg: BuildConfig, redact: bool = False) -> dict[str, Any]:
+    """The config as JSON-able data; ``redact``: credentials in ``storage_options`` replaced by
+    ``<redacted>`` (what is saved beside the outputs and hashed into resume keys)."""
+    d = cfg.model_dump(mode="json")
+    if redact:
+        for s in d["sources"]:
+            s["storage_options"] = _redact(s["storage_options"])
+    return d

@@ -10,13 +10,12 @@ becomes one Prefect task, whose ``ReadStage`` reads the shard's units in order.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from lcdata.config import ReadConfig, SourceConfig
-from lcdata.read import corpora, documents, files  # noqa: F401 - defining the source classes registers them
+from lcdata.read import corpora, documents, files, fs  # noqa: F401 - defining the source classes registers them
 from lcdata.read.base import (
     SOURCES,
     Candidate,
@@ -107,9 +106,7 @@ def plan_source(src: SourceConfig) -> list[InputShard]:
     return shards
 
 
-# errors that say nothing about the file (the machine, the network, the process's limits)
-TRANSIENT_ERRNOS = {errno.EIO, errno.ESTALE, errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.EINTR,
-                    errno.ETIMEDOUT, errno.ENOSPC}
+TRANSIENT_ERRNOS = fs.TRANSIENT_ERRNOS
 
 
 class ReadStage(Producer[Unit, Document]):
@@ -132,20 +129,28 @@ class ReadStage(Producer[Unit, Document]):
         depth = len(PurePosixPath(u.rel).parts)
         return Path(u.path).parents[depth - 1].resolve()
 
+    def not_read(self, u: Unit) -> tuple[str, str] | None:
+        """Why a planned unit is not read (reason, message), or None to read it."""
+        if fs.is_url(u.path):  # an object store has no symlinks: only whether the object is still there
+            return None if fs.exists(u.path, self.src) else (
+                "missing_file", f"{u.path}: file disappeared since planning; rerun the build")
+        path = Path(u.path)
+        if not path.exists():
+            return "missing_file", f"{path}: file disappeared since planning; rerun the build"
+        root = None if self.src.follow_symlinks else self.unit_root(u)
+        if root is not None and not path.resolve().is_relative_to(root):
+            return ("symlink_outside_root",
+                    f"{path}: a symlink to {path.resolve()}, outside the source's root {root}; not read "
+                    f"(copy the file in, or set `follow_symlinks: true` on source `{self.src.name}`)")
+        return None
+
     def produce(self, records: Iterable[Unit]) -> Iterator[Document | Planned]:
         for u in records:
-            root = None if self.src.follow_symlinks else self.unit_root(u)
-            path = Path(u.path)
             rid = f"{self.src.name}/{u.rel}"
-            if not path.exists():
+            why = self.not_read(u)
+            if why is not None:
                 yield Planned()
-                self.drop(rid, "missing_file", f"{path}: file disappeared since planning; rerun the build")
-                continue
-            if root is not None and not path.resolve().is_relative_to(root):
-                yield Planned()
-                self.drop(rid, "symlink_outside_root",
-                          f"{path}: a symlink to {path.resolve()}, outside the source's root {root}; not read "
-                          f"(copy the file in, or set `follow_symlinks: true` on source `{self.src.name}`)")
+                self.drop(rid, *why)
                 continue
             items = self.source.read(self.src, u)
             pending = False  # a Planned record not yet resolved into a document or a drop
@@ -159,12 +164,16 @@ class ReadStage(Producer[Unit, Document]):
                 except MemoryError:
                     raise
                 except (Exception, RecursionError) as e:  # noqa: BLE001 - reported, not swallowed
-                    if isinstance(e, OSError) and e.errno in TRANSIENT_ERRNOS:
-                        raise  # not the file's fault: fail the shard, a rerun retries
+                    # not the file's fault (the disk, the network, refused credentials): fail the
+                    # shard, a rerun retries it
+                    if fs.is_url(u.path) and (fs.is_network(e) or isinstance(e, PermissionError)):
+                        raise fs.unreachable(u.path, e) from e
+                    if fs.is_transient(e):
+                        raise
                     if not pending:
                         yield Planned()
                     self.drop(rid, "unreadable_file",
-                              f"{path}: cannot be read ({type(e).__name__}: {str(e)[:300]}); the rest of the "
+                              f"{u.path}: cannot be read ({type(e).__name__}: {str(e)[:300]}); the rest of the "
                               "build goes on without it: fix or replace the file, then rerun")
                     break
                 pending = isinstance(item, Planned)

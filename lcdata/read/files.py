@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -13,7 +14,18 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
-from lcdata.read.base import Candidate, Drop, Source, SourceItem, Unit, single_unit, top_group, walk
+from lcdata.read.base import (
+    Candidate,
+    Drop,
+    Source,
+    SourceError,
+    SourceItem,
+    Unit,
+    single_unit,
+    top_group,
+    walk,
+)
+from lcdata.read.fs import is_url, open_binary, open_url, remote_root
 from lcdata.schema import Document
 from lcdata.stage import Planned
 
@@ -41,6 +53,7 @@ class FileTree(Source):
     """A directory of text files, one document per file, grouped by ``group_of``."""
 
     suffixes: ClassVar[list[str]] = TEXT_EXTENSIONS
+    remote = True
 
     @classmethod
     def extensions(cls, cfg: SourceConfig) -> list[str]:
@@ -60,6 +73,13 @@ class FileTree(Source):
 
     @classmethod
     def units(cls, cfg: SourceConfig) -> list[Unit]:
+        if is_url(cfg.path):
+            remote = remote_root(cfg)
+            if not remote.is_dir:
+                raise SourceError(f"source `{cfg.name}` of kind `{cls.kind}`: {cfg.path} is a file, expected a "
+                                  "directory (an http(s) index page needs a URL ending in `/`)")
+            rels = sorted(remote.files(cls.extensions(cfg), cfg, cls.skip), key=cls.sort_key)
+            return [Unit(remote.url_of(r), r, cls.group_of(r)) for r in rels]
         root = cls.directory(cfg)
         rels = sorted(walk(root, cls.extensions(cfg), cfg, cls.skip), key=cls.sort_key)
         return [Unit(str(root / r), r, cls.group_of(r)) for r in rels]
@@ -67,23 +87,24 @@ class FileTree(Source):
     fmt: ClassVar[str | None] = None  # a converted format, recorded in the document metadata
 
     @classmethod
-    def to_text(cls, path: Path, doc_id: str) -> str | Drop:
-        """The file's text, or why there is none (a format reader converts here)."""
-        return decode_utf8(path.read_bytes(), str(path), doc_id)
+    def to_text(cls, data: bytes, where: str, doc_id: str) -> str | Drop:
+        """The file's text from its bytes, or why there is none (a format reader converts here)."""
+        return decode_utf8(data, where, doc_id)
 
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
         yield Planned()
-        path = Path(unit.path)
         doc_id = f"{cfg.name}/{unit.rel}"
-        text = cls.to_text(path, doc_id)
+        with open_binary(unit.path, cfg) as f:
+            data = f.read()
+        text = cls.to_text(data, unit.path, doc_id)
         if isinstance(text, Drop):
             yield text
             return
         meta: dict[str, Any] = {"path": unit.rel, "group": unit.group, "order": unit.order}
         if cls.fmt:
             meta["format"] = cls.fmt
-        yield Candidate(Document(doc_id, cfg.name, text, meta), str(path))
+        yield Candidate(Document(doc_id, cfg.name, text, meta), unit.path)
 
 
 class TextDir(FileTree):
@@ -136,17 +157,28 @@ class RecordFiles(Source):
     unit (and group) of its own, so one big file runs as several input shards."""
 
     needs_path = True
+    remote = True
     suffixes: ClassVar[list[str]] = []
 
     @classmethod
-    def units(cls, cfg: SourceConfig) -> list[Unit]:
+    def files(cls, cfg: SourceConfig) -> list[Unit]:
+        """The record files: the root itself, or the files under it."""
+        if is_url(cfg.path):
+            remote = remote_root(cfg)
+            if not remote.is_dir:
+                return [Unit(remote.url, remote.name, remote.name)]
+            return [Unit(remote.url_of(r), r, r) for r in remote.files(cls.suffixes, cfg)]
         root = cls.existing_root(cfg)
-        files = single_unit(root) if root.is_file() else [Unit(str(root / r), r, r) for r in walk(root, cls.suffixes, cfg)]
+        return single_unit(root) if root.is_file() else [Unit(str(root / r), r, r) for r in walk(root, cls.suffixes, cfg)]
+
+    @classmethod
+    def units(cls, cfg: SourceConfig) -> list[Unit]:
+        files = cls.files(cfg)
         if not cfg.records_per_shard:
             return files
         out = []
         for u in files:
-            ranges = cls.ranges(Path(u.path), cfg.records_per_shard)
+            ranges = cls.ranges(u.path, cfg.records_per_shard, cfg)
             if len(ranges) <= 1:
                 out.append(u)
                 continue
@@ -155,13 +187,13 @@ class RecordFiles(Source):
         return out
 
     @classmethod
-    def ranges(cls, path: Path, n: int) -> list[list[int]]:
+    def ranges(cls, path: str, n: int, cfg: SourceConfig) -> list[list[int]]:
         """``[first, end)`` record ranges of ``n`` records (rows; a format may add more)."""
-        total = cls.count(path)
+        total = cls.count(path, cfg)
         return [[a, min(total, a + n)] for a in range(0, total, n)]
 
     @classmethod
-    def count(cls, path: Path) -> int:  # pragma: no cover - per format
+    def count(cls, path: str, cfg: SourceConfig) -> int:  # pragma: no cover - per format
         raise NotImplementedError
 
 
@@ -171,12 +203,12 @@ class Jsonl(RecordFiles):
     suffixes = [".jsonl", ".json"]
 
     @classmethod
-    def ranges(cls, path: Path, n: int) -> list[list[int]]:
+    def ranges(cls, path: str, n: int, cfg: SourceConfig) -> list[list[int]]:
         """Ranges of ``n`` lines: ``[first line, end line, byte offset of the first]`` (1-based
         line numbers, as in messages and ids), found in one pass over the file."""
         out: list[list[int]] = []
         offset = 0
-        with open(path, "rb") as f:
+        with open_binary(path, cfg) as f:
             for lineno, raw in enumerate(f, 1):
                 if (lineno - 1) % n == 0:
                     out.append([lineno, lineno, offset])
@@ -186,10 +218,11 @@ class Jsonl(RecordFiles):
 
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        path = Path(unit.path)
+        path = unit.path
         first, end, offset = unit.records if unit.records else (1, -1, 0)
-        with open(path, "rb") as f:
-            f.seek(offset)
+        with open_binary(path, cfg) as f:
+            if offset:
+                f.seek(offset)  # a range: over HTTP, a range request
             for lineno, raw in enumerate(f, first):
                 if lineno == end:
                     break
@@ -215,7 +248,7 @@ class Jsonl(RecordFiles):
         return record_item(cfg, rec, where, rid)
 
 
-def table_items(cfg: SourceConfig, path: Path, rel: str, schema: pa.Schema,
+def table_items(cfg: SourceConfig, path: str, rel: str, schema: pa.Schema,
                 batches: Iterator[pa.RecordBatch], first_row: int = 0) -> Iterator[SourceItem]:
     """One item per row (numbered from ``first_row``); a table without the text column is one
     dropped record."""
@@ -233,20 +266,36 @@ def table_items(cfg: SourceConfig, path: Path, rel: str, schema: pa.Schema,
             row += 1
 
 
+@contextmanager
+def parquet_file(path: str, cfg: SourceConfig) -> Iterator[pq.ParquetFile]:
+    """A Parquet file opened by pyarrow (a local path) or through fsspec (a URL: the footer,
+    then only the row groups read, by range requests)."""
+    if not is_url(path):
+        yield pq.ParquetFile(path)
+        return
+    with open_url(path, cfg) as f:
+        yield pq.ParquetFile(f)
+
+
 class Parquet(RecordFiles):
     kind = "parquet"
     description = "Parquet records"
     suffixes = [".parquet"]
 
     @classmethod
-    def count(cls, path: Path) -> int:
-        return pq.ParquetFile(path).metadata.num_rows
+    def count(cls, path: str, cfg: SourceConfig) -> int:
+        with parquet_file(path, cfg) as pf:
+            return pf.metadata.num_rows
 
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
-        pf = pq.ParquetFile(unit.path)
+        with parquet_file(unit.path, cfg) as pf:
+            yield from cls.read_file(cfg, unit, pf)
+
+    @classmethod
+    def read_file(cls, cfg: SourceConfig, unit: Unit, pf: pq.ParquetFile) -> Iterator[SourceItem]:
         if not unit.records:
-            yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
+            yield from table_items(cfg, unit.path, unit.rel, pf.schema_arrow, pf.iter_batches(batch_size=256))
             return
         first, end = unit.records[:2]
         # only the row groups that hold the range are read, then cut to it
@@ -259,7 +308,7 @@ class Parquet(RecordFiles):
             at += n
         table = pf.read_row_groups(groups) if groups else pf.schema_arrow.empty_table()
         table = table.slice(first - (starts[0] if starts else 0), end - first)
-        yield from table_items(cfg, Path(unit.path), unit.rel, pf.schema_arrow,
+        yield from table_items(cfg, unit.path, unit.rel, pf.schema_arrow,
                                iter(table.to_batches(max_chunksize=256)), first)
 
 
@@ -273,23 +322,55 @@ def open_arrow(path: Path) -> pa.Table:
         return ipc.open_stream(source).read_all()
 
 
+def arrow_batches(f: Any) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema and record batches of an Arrow IPC file or stream read from a file object,
+    one batch at a time (a remote file is never held whole)."""
+    try:
+        r = ipc.open_file(f)
+        return r.schema, (r.get_batch(i) for i in range(r.num_record_batches))
+    except pa.ArrowInvalid:
+        f.seek(0)
+        s = ipc.open_stream(f)
+        return s.schema, iter(s)
+
+
+def rows_between(batches: Iterator[pa.RecordBatch], first: int, end: int | None) -> Iterator[pa.RecordBatch]:
+    """The rows ``[first, end)`` of a run of batches (``end`` None: to the last), 256 at most
+    at a time (a writer's batch may be far larger)."""
+    at = 0
+    for b in batches:
+        a, z = max(first - at, 0), b.num_rows if end is None else min(end - at, b.num_rows)
+        at += b.num_rows
+        for s in range(a, z, 256):
+            yield b.slice(s, min(256, z - s))
+        if end is not None and at >= end:
+            return
+
+
 class Arrow(RecordFiles):
     kind = "arrow"
     description = "Arrow IPC records"
     suffixes = [".arrow", ".feather", ".ipc"]
 
     @classmethod
-    def count(cls, path: Path) -> int:
-        return open_arrow(path).num_rows
+    def count(cls, path: str, cfg: SourceConfig) -> int:
+        if not is_url(path):
+            return open_arrow(Path(path)).num_rows
+        with open_url(path, cfg) as f:
+            return sum(b.num_rows for b in arrow_batches(f)[1])
 
     @classmethod
     def read(cls, cfg: SourceConfig, unit: Unit) -> Iterator[SourceItem]:
+        first, end = unit.records[:2] if unit.records else (0, None)
+        if is_url(unit.path):
+            with open_url(unit.path, cfg) as f:
+                schema, batches = arrow_batches(f)
+                yield from table_items(cfg, unit.path, unit.rel, schema, rows_between(batches, first, end), first)
+            return
         table = open_arrow(Path(unit.path))  # memory-mapped: a slice reads only its rows
-        first = 0
-        if unit.records:
-            first, end = unit.records[:2]
+        if end is not None:
             table = table.slice(first, end - first)
-        yield from table_items(cfg, Path(unit.path), unit.rel, table.schema,
+        yield from table_items(cfg, unit.path, unit.rel, table.schema,
                                iter(table.to_batches(max_chunksize=256)), first)
 
 
@@ -317,4 +398,4 @@ class HFDataset(Source):
             ds = ds["train"] if "train" in ds else ds[next(iter(ds))]
         schema = ds.features.arrow_schema
         batches = (b for t in ds.with_format("arrow").iter(batch_size=256) for b in t.to_batches())
-        yield from table_items(cfg, path, unit.rel, schema, batches)
+        yield from table_items(cfg, str(path), unit.rel, schema, batches)
