@@ -203,6 +203,35 @@ def engine_device() -> tuple[Device, tuple[int, int] | None]:
     return "cpu", None
 
 
+_LEN_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "max_sequence_length",
+             "max_seq_length", "seq_len")
+# RoPE types whose config already states the extended length (transformers' convention)
+_SCALED_IN_CONFIG = {"default", "su", "longrope", "llama3", "yarn", "deepseek_yarn", "deepseek_llama_scaling"}
+
+
+def model_window(model_dir: str | Path) -> int:
+    """The longest sequence a model directory's config allows, as vLLM derives it: the smallest
+    length key (``max_position_embeddings``, ...; 2048 when none), capped by the tokenizer's
+    ``model_max_length``, times the RoPE scaling ``factor`` for types whose config states the
+    original length (``linear``, ``dynamic``); YaRN, llama3 and LongRoPE configs state the
+    extended length in ``max_position_embeddings`` already."""
+    d = Path(model_dir)
+    cfg = json.loads((d / "config.json").read_text())
+    cfg = cfg.get("text_config") or cfg
+    lens = [int(cfg[k]) for k in _LEN_KEYS if isinstance(cfg.get(k), int | float) and cfg[k] > 0]
+    window = min(lens) if lens else 2048
+    tc = d / "tokenizer_config.json"
+    if tc.is_file():
+        mml = json.loads(tc.read_text()).get("model_max_length")
+        if isinstance(mml, int | float) and mml > 0:
+            window = min(window, int(mml))
+    rope = cfg.get("rope_scaling") or cfg.get("rope_parameters") or {}
+    kind = rope.get("rope_type") or rope.get("type") or "default"
+    if kind not in _SCALED_IN_CONFIG:
+        window = int(window * float(rope.get("factor") or 1.0))
+    return window
+
+
 class Backend(Protocol):
     """What the engine calls: one batch of requests in, one output text per request out, in order."""
 
