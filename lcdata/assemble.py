@@ -205,33 +205,62 @@ class Assembler(Producer[Document, Context]):
                 "lower `assemble.min_fill` or the buckets, or join it with related documents (strategy concat "
                 "or neighbours)")
 
-    def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int,
-              headers: dict[str, str]) -> tuple[Context | None, int]:
-        """The context made of the longest prefix of ``acc`` that fits, and that prefix's length
-        (all of ``acc`` when it is too short to make a context: those pieces are left out)."""
+    def _join(self, run: list[Piece], headers: dict[str, str]) -> tuple[str, list[Part]]:
+        """The text of ``run`` joined (a header before each new document, ``\\n\\n`` between
+        documents) and its parts, consecutive pieces of one document merged into one part."""
         chunks: list[str] = []
         parts: list[Part] = []
         pos = 0
-        for p in acc:
+        for p in run:
+            seg = p.doc.text[p.start:p.end]
             if parts and parts[-1].doc_id == p.doc.id and parts[-1].doc_end == p.start:
-                seg = p.doc.text[p.start:p.end]
                 parts[-1].ctx_end += len(seg)
                 parts[-1].doc_end = p.end
             else:
                 prefix = ("\n\n" if parts else "") + headers[p.doc.id]
                 chunks.append(prefix)
                 pos += len(prefix)
-                seg = p.doc.text[p.start:p.end]
                 parts.append(Part(p.doc.id, pos, pos + len(seg), p.start, p.end))
             chunks.append(seg)
             pos += len(seg)
-        text = "".join(chunks)
-        n_tokens = self.tok.count([text])[0]
+        return "".join(chunks), parts
+
+    def _longest_fit(self, acc: list[Piece], headers: dict[str, str],
+                     budget: int) -> tuple[int, str, list[Part], int]:
+        """The longest prefix of ``acc`` whose joined text is at most ``budget`` tokens (one piece
+        at least): ``(n_pieces, text, parts, n_tokens)``. Token merges at the joins make the
+        joined text longer than the sum of its pieces (by a token a join on text of many short
+        paragraphs, 4% of a 128K context), so pieces are left for the next context: probed
+        from the end with doubling steps, then by bisection, about ``2 log2(dropped)``
+        tokenizations whatever the number of pieces to leave out."""
+
+        def measure(n: int) -> tuple[int, str, list[Part], int]:
+            text, parts = self._join(acc[:n], headers)
+            return n, text, parts, self.tok.count([text])[0]
+
+        fit = measure(len(acc))
+        if fit[3] <= budget or fit[0] == 1:
+            return fit
+        over, step = len(acc), 1  # over: the shortest prefix known to overshoot
+        while True:
+            fit = measure(max(1, over - step))
+            if fit[3] <= budget or fit[0] == 1:
+                break
+            over, step = fit[0], step * 2
+        while over - fit[0] > 1:  # fit[0] fits (or is one piece), over overshoots
+            mid = measure((fit[0] + over) // 2)
+            if mid[3] <= budget:
+                fit = mid
+            else:
+                over = mid[0]
+        return fit
+
+    def _emit(self, acc: list[Piece], source: str, group: str, k: int, target: int,
+              headers: dict[str, str]) -> tuple[Context | None, int]:
+        """The context made of the longest prefix of ``acc`` that fits, and that prefix's length
+        (all of ``acc`` when it is too short to make a context: those pieces are left out)."""
         budget = target - self.cfg.reserve_tokens
-        if n_tokens > budget and len(acc) > 1:
-            # token merges at joins can overshoot the piece sum by a few tokens: leave the last
-            # piece for the next context
-            return self._emit(acc[:-1], source, group, k, target, headers)
+        n_used, text, parts, n_tokens = self._longest_fit(acc, headers, budget)
         if n_tokens < self.cfg.min_fill * budget:
             return None, len(acc)
         joins: list[float] = []
@@ -239,4 +268,4 @@ class Assembler(Producer[Document, Context]):
             joins = [round(float(self.vectors[a.doc_id] @ self.vectors[b.doc_id]), 4)
                      for a, b in zip(parts, parts[1:], strict=False)]
         ctx = Context(f"ctx:{source}:{group}:{k}", source, group, self.strategy, text, parts, n_tokens, target, joins)
-        return ctx, len(acc)
+        return ctx, n_used

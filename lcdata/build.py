@@ -350,7 +350,7 @@ def process_input_shard(cfg: BuildConfig, shard_json: dict[str, Any], out: Path)
     t0 = time.perf_counter()
     tok = tokenizer_for(cfg)
     # one Engine (request cache) per shard; the vLLM backend behind it is shared by the process
-    engine = Engine(cfg.engine, out / "cache" / shard.id) if needs_engine(cfg) else None
+    engine = Engine(cfg.engine, out / "cache" / shard.id, tok=tok) if needs_engine(cfg) else None
     lineage = Lineage()
     with ShardOutputs(out, shard.id, work) as outs:
         p = shard_pipeline(cfg, source_config(cfg, shard.source), tok, engine,

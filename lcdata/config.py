@@ -196,8 +196,20 @@ class HotpotHaystackTask(_Strict):
     )
 
 
+PROMPT_MARGIN = 128  # tokens at least of instructions and chat template around what a prompt shows
+CHARS_PER_TOKEN = 4  # at most, in English prose (code and other scripts: fewer): a size in chars as a token floor
+
+
 class _LLMTask(_Strict):
     """Fields every LLM task has: which contexts it runs on, and its request budget."""
+
+    def prompt_floor(self) -> tuple[int, str, str] | None:
+        """The fewest tokens its largest request takes (prompt and output budget), what its prompt
+        shows, and the setting that sizes it; None: its prompts fit any window (map-reduce)."""
+        return None
+
+    def _floor(self, shown: int, what: str, knob: str) -> tuple[int, str, str]:
+        return shown + PROMPT_MARGIN + self.max_tokens, what, knob
 
     sources: list[str] | None = Field(None, description="Only contexts of these source names; None = all.")
     context_fraction: float = Field(1.0, gt=0, le=1, description="Seeded share of the contexts this task runs on "
@@ -240,6 +252,12 @@ class MultihopTask(_LLMTask):
                                       "long holds all its evidence. None: filters.verify.window_tokens.")
     max_tokens: int = Field(160, ge=16)
 
+    def prompt_floor(self) -> tuple[int, str, str] | None:
+        if self.method != "direct":  # composed: a line per prompt
+            return None
+        return self._floor(self.max_chunks * self.chunk_chars // CHARS_PER_TOKEN,
+                           f"{self.max_chunks} chunks of {self.chunk_chars} chars", "chunk_chars")
+
     @model_validator(mode="after")
     def _chunks(self) -> MultihopTask:
         if self.min_chunks > self.max_chunks:
@@ -258,6 +276,10 @@ class CompareTask(_LLMTask):
     fallback: Literal["quote", "none"] = Field(
         "quote", description="A side the model wrote that is not about its section (or repeats itself): quote the "
         "section's line naming the topic instead (`quote`), or drop the sample (`none`, reason ungrounded_output).")
+
+    def prompt_floor(self) -> tuple[int, str, str] | None:
+        return self._floor(2 * self.chunk_chars // CHARS_PER_TOKEN, f"2 sections of {self.chunk_chars} chars",
+                           "chunk_chars")
 
 
 class SummaryTask(_LLMTask):
@@ -293,6 +315,11 @@ class LiftTask(_LLMTask):
     closed_book: bool = Field(True, description="Ask each QA without the context (LIFT's auxiliary task).")
     contextualized: bool = Field(True, description="Ask each QA with the full long input too.")
 
+    def prompt_floor(self) -> tuple[int, str, str] | None:
+        if self.qa_per_segment == 0 or not (self.closed_book or self.contextualized):
+            return None  # memorization only: no engine
+        return self._floor(self.segment_tokens, f"a segment of {self.segment_tokens} tokens", "segment_tokens")
+
     @model_validator(mode="after")
     def _stride(self) -> LiftTask:
         if self.stride_tokens > self.segment_tokens:
@@ -308,6 +335,9 @@ class ShortQATask(_LLMTask):
     per_context: int = Field(1, ge=0, le=10, description="Windows per context, at distinct depth deciles.")
     window_tokens: int = Field(1024, ge=64, le=2048, description="Window length (<= 2048: a short sample).")
     qa_per_window: int = Field(1, ge=1, le=4)
+
+    def prompt_floor(self) -> tuple[int, str, str] | None:
+        return self._floor(self.window_tokens, f"a window of {self.window_tokens} tokens", "window_tokens")
 
 
 TaskConfig = Annotated[
@@ -462,12 +492,55 @@ class BuildConfig(_Strict):
                                  f"({self.assemble.short_max_tokens}): its samples would not count as short")
             if t.kind == "multihop" and t.window_tokens is None:
                 t.window_tokens = self.filters.verify.window_tokens  # resolved: saved with the config
+        self._engine_window()
         if max(self.assemble.buckets) > self.pack.seq_len:
             raise ValueError(
                 f"the largest bucket ({max(self.assemble.buckets)}) exceeds `pack.seq_len` "
                 f"({self.pack.seq_len}): raise seq_len or lower the bucket"
             )
         return self
+
+
+    def _engine_window(self) -> None:
+        """Refuse LLM work that cannot fit ``engine.max_model_len``: a task whose prompts show
+        more than the window holds, and ``filters.verify``, which asks every sample of its tasks
+        with the whole context (up to the largest bucket). Map-reduce tasks (``summary``) fit
+        their prompts to any window; what no config can tell (a dense text, a long question) is
+        dropped when measured, reason ``prompt_too_long``."""
+        window = self.engine.max_model_len
+        for t in self.tasks:
+            floor = t.prompt_floor() if uses_engine(t) else None
+            if floor is not None and floor[0] > window:
+                need, what, knob = floor
+                raise ValueError(f"task `{t.kind}`: its prompts show {what}, which with instructions and "
+                                 f"max_tokens {t.max_tokens} needs at least {need} tokens > engine.max_model_len "
+                                 f"{window}; raise `engine.max_model_len` (a model whose window allows it) or lower "
+                                 f"`tasks.{t.kind}.{knob}`")
+        verify = self.filters.verify
+        verified = [k for k in verified_kinds(self.tasks) if k in verify.tasks]
+        if not verify.enabled or not verified:
+            return
+        bucket = max(self.assemble.buckets)
+        need = bucket - self.assemble.reserve_tokens + PROMPT_MARGIN + verify.max_tokens
+        if need > window:
+            fit = window - PROMPT_MARGIN - verify.max_tokens + self.assemble.reserve_tokens
+            raise ValueError(f"task `{verified[0]}`: filters.verify asks each of its samples with the whole context, "
+                             f"and a context of the largest bucket ({bucket}, less reserve_tokens "
+                             f"{self.assemble.reserve_tokens}) with instructions and verify.max_tokens "
+                             f"{verify.max_tokens} needs {need} tokens > engine.max_model_len {window}; raise "
+                             f"`engine.max_model_len` to {need} (a model whose window allows it) or lower the bucket "
+                             f"to {fit} (`assemble.buckets`), or take `{verified[0]}` out of `filters.verify.tasks`")
+
+
+def verified_kinds(tasks: list[Any]) -> list[str]:
+    """The sample kinds of ``tasks`` that `filters.verify` can check (its `tasks` names)."""
+    out = []
+    for t in tasks:
+        if t.kind in ("multihop", "compare"):
+            out.append(t.kind)
+        elif t.kind == "lift" and t.contextualized and t.qa_per_segment > 0:
+            out.append("lift_qa_ctx")
+    return out
 
 
 class ConfigError(ValueError):

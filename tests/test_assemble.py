@@ -148,3 +148,64 @@ def test_neighbours_is_deterministic(tok):
     one, _ = assemble(docs, tok, "neighbours", buckets=[1024], reserve_tokens=128, min_fill=0.3)
     two, _ = assemble([Document(d.id, d.source, d.text, dict(d.metadata)) for d in docs], tok, "neighbours", buckets=[1024], reserve_tokens=128, min_fill=0.3)
     assert [c.to_row() for c in one] == [c.to_row() for c in two]
+
+
+# ------------------------------------------------------------------ 128K on many short lines
+def perl_manual() -> list[Document]:
+    """Perl's own reference pages, real documents made of thousands of short ``=item``
+    paragraphs: ``perltoc.pod`` (the table of contents) where perl-doc is installed, else
+    ``Config.pod`` and ``perldiag.pod`` (libperl, perl-modules: there wherever perl is)."""
+    from pathlib import Path
+
+    roots = [Path("/usr/share/perl"), Path("/usr/lib/x86_64-linux-gnu/perl"), Path("/usr/lib/perl5"),
+             Path("/usr/share/perl5"), Path("/usr/local/lib/perl5")]
+    found = {p.name: p for r in roots if r.is_dir() for p in sorted(r.rglob("*.pod"))}
+    names = ["perltoc.pod"] if "perltoc.pod" in found else ["Config.pod", "perldiag.pod"]
+    if not all(n in found for n in names):
+        pytest.skip(f"no perl manual pages ({' and '.join(names)}) on this machine: install perl")
+    return [Document(f"perl/{n}", "perl", found[n].read_text(), {"group": "perl", "path": n}) for n in names]
+
+
+class CountingTok:
+    """The tokenizer, counting the long texts it is asked to measure (whole contexts)."""
+
+    def __init__(self, tok) -> None:
+        self.tok, self.long_counts = tok, 0
+
+    def __getattr__(self, name):
+        return getattr(self.tok, name)
+
+    def count(self, texts: list[str]) -> list[int]:
+        self.long_counts += sum(len(t) > 100_000 for t in texts)
+        return self.tok.count(texts)
+
+
+def test_a_128k_context_of_many_short_paragraphs(tok):
+    """Joined, short paragraphs take a token more each than alone ("\\n\\n" + text splits), so a
+    128K context of them overshoots the sum of its pieces by thousands of tokens: hundreds of
+    pieces go back to the queue, found in a handful of tokenizations (not one per piece)."""
+    import math
+
+    docs = perl_manual()
+    counting = CountingTok(tok)
+    lineage = Lineage()
+    asm = Assembler(AssembleConfig(buckets=[131072]), counting, "concat", seed=0).bind(lineage, RejectSink(None))
+    pieces = [p for d in docs for p in asm.pieces(d)]
+    assert len(pieces) > 2000 and sum(p.n_tokens for p in pieces) > 131072
+    counting.long_counts = 0
+    ctxs = list(asm.run(docs))
+    check_provenance(ctxs, docs)
+    budget = 131072 - 256
+    c = ctxs[0]
+    assert 0.9 * budget < c.n_tokens <= budget and c.n_tokens == tok.count([c.text])[0]
+    # the longest prefix that fits: the next piece would overshoot
+    last = c.parts[-1]
+    nxt = next(p for p in pieces if p.doc.id == last.doc_id and p.start == last.doc_end)
+    assert tok.count([c.text + nxt.doc.text[nxt.start:nxt.end]])[0] > budget
+    # its pieces alone count thousands of tokens fewer: as many more were poured in, and given back
+    used = [p for p in pieces if any(q.doc_id == p.doc.id and q.doc_start <= p.start < q.doc_end for q in c.parts)]
+    assert c.n_tokens - sum(p.n_tokens for p in used) > 2000
+    # a few probes per halving of the pieces given back (17 here), not one per piece
+    assert counting.long_counts <= 2 * math.ceil(math.log2(len(pieces))) + 2
+    st = lineage.stage("assemble")
+    assert st.in_ == st.out + sum(st.dropped.values()) == len(docs)

@@ -110,3 +110,21 @@ def test_reproducible_engine_turns_cpu_split_kv_off(monkeypatch):
     assert os.environ["VLLM_CPU_ATTN_SPLIT_KV"] == "0"
     set_cpu_env(cfg(reproducible=False))
     assert os.environ["VLLM_CPU_ATTN_SPLIT_KV"] == "1"
+
+
+def test_prompts_are_measured_as_vllm_counts_them(model_dir, tmp_path):
+    """The engine's measure of a prompt is vLLM's own count (chat template included), so a
+    prompt that fills the window with its output budget is answered, and one more token is
+    dropped before vLLM sees it (prompt_too_long) instead of failing the call."""
+    from vllm import SamplingParams
+
+    eng = Engine(cfg(model=str(model_dir), max_model_len=512), tmp_path / "cache")
+    msgs = [{"role": "user", "content": "Count the words: " + "sea bread " * 150}]
+    n = eng.prompt_tokens([Request(msgs, None, "t", 1)])[0]
+    assert 300 < n < 500
+    (out,) = eng.backend.llm.chat([msgs], SamplingParams(max_tokens=1), use_tqdm=False)
+    assert len(out.prompt_token_ids) == n
+    full = Request(msgs, None, "t", 512 - n)
+    assert eng.too_long([full]) == [None] and len(eng.generate([full])) == 1
+    over = Request(msgs, None, "t", 513 - n)
+    assert eng.too_long([over])[0].startswith(f"prompt of {n} tokens")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -298,3 +299,45 @@ def test_cli_eval_help_lists_the_suites():
 
     r = CliRunner().invoke(app, ["eval", "--help"])
     assert r.exit_code == 0 and "counterfactual" in r.output
+
+
+def test_each_model_is_evaluated_in_its_own_window(model_dir, tmp_path, monkeypatch):
+    """A base model (window 1024) and its context extension (linear RoPE x2: 2048): the suite
+    reaches the longer window, each model's engine gets its own, and the base answers only the
+    items that fit its window (the longer one is recorded beyond its window, not scored)."""
+    import shutil
+    import subprocess
+    import sys
+
+    from lcdata.engine import ScriptedBackend
+    from lcdata.evals import run as R
+
+    monkeypatch.setenv("LCDATA_CACHE", str(tmp_path / "cache"))
+    dirs = {}
+    for label, over in (("base", {"max_position_embeddings": 1024}),
+                        ("ext", {"max_position_embeddings": 1024, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})):
+        d = dirs[label] = tmp_path / label
+        d.mkdir()
+        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+            shutil.copy(model_dir / f, d / f)
+        (d / "config.json").write_text(json.dumps(json.loads((model_dir / "config.json").read_text()) | over))
+    asked: dict[str, int] = {}
+
+    def child(cmd: list[str], stdout=None, stderr=None) -> int:  # noqa: ANN001 - subprocess.call's
+        assert cmd[:3] == [sys.executable, "-m", "lcdata.evals.run"]
+        model, suite_dir, out, engine_json, mml = cmd[3:]
+        asked[Path(model).name] = int(mml)
+        R.generate_predictions(Path(model), Path(suite_dir), Path(out), R.EvalEngine(**json.loads(engine_json)),
+                               int(mml), backend=ScriptedBackend(lambda r: "I do not know."))
+        return 0
+
+    monkeypatch.setattr(subprocess, "call", child)
+    cfg = R.EvalConfig(suite={"suites": ["niah"], "niah": {"lengths": [512, 1536], "depths": [0.5], "needles": [1]}})
+    res = R.evaluate([f"base={dirs['base']}", f"ext={dirs['ext']}"], tmp_path / "eval", cfg, log=lambda m: None)
+    assert asked == {"base": 1024, "ext": 2048} and res["window"] == 2048
+    assert json.loads((tmp_path / "eval" / "suite" / "suite.json").read_text())["window"] == 2048 - R.ANSWER_TOKENS
+    base, ext = res["models"]["base"], res["models"]["ext"]
+    assert (base["window"], base["beyond_window"], base["suites"]["niah"]["n"]) == (1024, 1, 1)
+    assert (ext["window"], ext["beyond_window"], ext["suites"]["niah"]["n"]) == (2048, 0, 2)
+    preds = [json.loads(x) for x in (tmp_path / "eval" / "base" / "predictions.jsonl").read_text().splitlines()]
+    assert [p.get("skipped") for p in preds] == [None, "prompt_too_long"]

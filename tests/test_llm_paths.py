@@ -75,9 +75,10 @@ def bind(stage: Stage[Any, Any]) -> tuple[Stage[Any, Any], Lineage, RejectSink]:
     return stage.bind(lin, sink), lin, sink
 
 
-def scripted_engine(script: Script, cache: Path | None = None, **cfg: Any) -> tuple[Engine, ScriptedBackend]:
+def scripted_engine(script: Script, cache: Path | None = None, tok: Any = None,
+                    **cfg: Any) -> tuple[Engine, ScriptedBackend]:
     backend = ScriptedBackend(script, name="paths")
-    return Engine(EngineConfig(**cfg), cache, backend=backend), backend
+    return Engine(EngineConfig(**cfg), cache, backend=backend, tok=tok), backend
 
 
 # The one place that knows stage constructors: adapt here if their signatures change.
@@ -92,7 +93,7 @@ def make_stage(task_or_filter: Any, engine: Engine, tok) -> Stage[Any, Any]:
 
 
 def run(tok, cfg: Any, script: Script, records: list[Any], cache: Path | None = None, **engine_cfg: Any) -> Ran:
-    engine, backend = scripted_engine(script, cache, **engine_cfg)
+    engine, backend = scripted_engine(script, cache, tok, **engine_cfg)
     stage, lin, sink = bind(make_stage(cfg, engine, tok))
     samples = list(stage.run(records))
     counts = lin.to_json()[stage.name]
@@ -589,8 +590,68 @@ def test_verify_with_the_engine_as_answer_matcher(tok, ctx):
                            "notes": {"checked": 1, "match_unparsable": 1 + n_local}}
 
 
-def test_verify_skips_contexts_longer_than_the_engine(tok, ctx):
+def test_verify_drops_a_sample_whose_full_context_prompt_does_not_fit(tok, ctx):
     (s,) = verify_samples(tok, ctx)[3:]
     ran = run(tok, VerifyFilter(enabled=True, metric="em"), [], [s], max_model_len=1024)
-    assert ran.backend.requests == [] and ran.samples == [s] and "skipped" in s.meta["verify"]
-    assert ran.lineage == {"in": 1, "out": 1, "dropped": {}, "notes": {"skipped_longer_than_engine": 1}}
+    assert ran.backend.requests == [] and ran.samples == []
+    assert ran.lineage == {"in": 1, "out": 0, "dropped": {"prompt_too_long": 1}}
+    assert ran.rejects == [("verify", "prompt_too_long", s.id)]
+
+
+# --- prompts that do not fit the engine's window --------------------------------------------
+
+def test_the_engine_measures_prompts_with_the_chat_template_to_the_token(tok):
+    r = Request([{"role": "user", "content": PLAY[:3000]}], None, "v1", 100)
+    n = len(tok.encode(tok.render(r.messages, add_generation_prompt=True)))
+    assert n > len(tok.encode(PLAY[:3000]))  # the template's tokens count too
+    eng, backend = scripted_engine(["out"], None, tok, max_model_len=n + 100)
+    assert eng.prompt_tokens([r]) == [n] and eng.too_long([r]) == [None]
+    assert eng.generate([r]) == ["out"]
+    short, backend = scripted_engine(["out"], None, tok, max_model_len=n + 99)
+    assert short.too_long([r]) == [f"prompt of {n:,} tokens + 100 output tokens > engine.max_model_len {n + 99:,}"]
+    with pytest.raises(engine_mod.PromptTooLong, match="Engine.too_long"):
+        short.generate([r], who="test")
+    assert backend.requests == [] and short.calls == 0  # never sent
+
+
+def test_an_llm_prompt_longer_than_the_window_is_dropped_not_sent(tok, ctx):
+    """Two contexts; the source name is quoted in every prompt, so one context's prompts are
+    2,000 tokens longer: its sample is dropped (prompt_too_long, never retried or sent), the
+    other is made as usual, and the shard goes on."""
+    other = context(tok, TEXT, "B" + " longname" * 2000)
+    fits = max(scripted_engine([], None, tok)[0].prompt_tokens([r])[0]
+               for r in run(tok, COMPARE, lambda r: json.dumps(sides_for(r)), [ctx]).backend.requests)
+    window = fits + COMPARE.max_tokens + 10
+    ran = run(tok, COMPARE.model_copy(update={"max_retries": 2}), lambda r: json.dumps(sides_for(r)), [other, ctx],
+              max_model_len=window)
+    assert [s.context_id for s in ran.samples] == [ctx.id]
+    assert ran.sent() == ["compare.v4#try0"] and "longname" not in ran.backend.requests[0].messages[0]["content"]
+    assert ran.lineage == {"in": 2, "out": 1, "dropped": {"prompt_too_long": 1}, "notes": {"sides_llm": 2}}
+    assert ran.rejects == [("synthesize.compare", "prompt_too_long", f"compare:{other.id}:0")]
+
+
+@pytest.mark.parametrize(("window", "made"), [(4096, True), (2048, False)])
+def test_a_summary_section_too_long_for_the_window_is_halved_then_dropped(tok, ctx, window, made):
+    """A section whose prompt does not fit (here: a planner that believes every one does) fails
+    like any other: it is halved (``resplit_depth``), and when its halves do not fit either the
+    context's summary is dropped once, prompt_too_long; nothing too long is ever sent."""
+    from lcdata.config import SummaryTask
+
+    out = js(summary="Macbeth meets three witches on a heath, and later murders King Duncan in his sleep.")
+    eng, backend = scripted_engine(lambda r: out, None, tok, max_model_len=window)
+    stage = make_stage(SummaryTask(sections=1, max_section_chars=30000, resplit_depth=1), eng, tok)
+    stage._fitted = lambda ctx, secs: secs  # type: ignore[method-assign]
+    lin, sink = Lineage(), RejectSink(None)
+    samples = list(stage.bind(lin, sink).run([ctx]))
+    assert all(n + r.max_tokens <= window for n, r in zip(eng.prompt_tokens(backend.requests), backend.requests,
+                                                          strict=True))
+    if made:
+        (s,) = samples
+        assert s.meta["resplit"] == ["1"] and len(s.meta["leaves"]) == 2
+        assert [r.template_version for r in backend.requests] == ["summary_section.v1#try0"] * 2 + \
+            ["summary_global.v1#try0"]
+        assert lin.to_json()[stage.name] == {"in": 1, "out": 1, "dropped": {}}
+        return
+    assert samples == [] and backend.requests == []
+    assert lin.to_json()[stage.name] == {"in": 1, "out": 0, "dropped": {"prompt_too_long": 1}}
+    assert [(r["reason"], r["record_id"]) for r in sink.rows] == [("prompt_too_long", f"summary:{ctx.id}:0")]

@@ -29,7 +29,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from lcdata.engine import EngineConfig, Request
+from lcdata.engine import Backend, EngineConfig, Request
+from lcdata.engine import model_window as engine_window
 from lcdata.evals.score import aggregate, score_item
 from lcdata.evals.suites import (
     SUITE_VERSION,
@@ -50,7 +51,8 @@ class EvalEngine(BaseModel):
     kv_cache_gib: float = 2.0
     batch_size: int = Field(32, ge=1)
     enforce_eager: bool = True
-    max_model_len: int | None = Field(None, description="Default: the model's max_position_embeddings.")
+    max_model_len: int | None = Field(None, description="A cap on each model's window. Default: each model's "
+                                      "own (max_position_embeddings with its RoPE scaling, as vLLM derives it).")
 
 
 class EvalConfig(BaseModel):
@@ -118,13 +120,19 @@ def model_fingerprint(model_dir: Path) -> str:
 
 
 def model_window(model_dir: Path, cfg: EvalEngine) -> int:
-    mpe = int(json.loads((model_dir / "config.json").read_text()).get("max_position_embeddings", 2048))
-    return min(mpe, cfg.max_model_len or mpe)
+    """The evaluated model's own window (a context-extended model's extended one), capped by
+    ``engine.max_model_len`` when set."""
+    own = engine_window(model_dir)
+    return min(own, cfg.max_model_len or own)
 
 
 # --------------------------------------------------------------- generation (child process)
-def generate_predictions(model: Path, suite_dir: Path, out: Path, engine: EvalEngine, max_model_len: int) -> None:
-    """Greedy answers for every item of ``suite_dir`` (run in a child process)."""
+def generate_predictions(model: Path, suite_dir: Path, out: Path, engine: EvalEngine, max_model_len: int,
+                         backend: Backend | None = None) -> None:
+    """Greedy answers for every item of ``suite_dir`` (run in a child process) whose prompt fits
+    ``max_model_len``, this model's window; a longer item (the suite goes up to the longest window
+    of the models compared) gets no prediction (``null``, ``"skipped": "prompt_too_long"``).
+    ``backend``: a test's scripted one."""
     from lcdata.engine import Engine
 
     items = load_items(suite_dir)
@@ -132,16 +140,19 @@ def generate_predictions(model: Path, suite_dir: Path, out: Path, engine: EvalEn
     cfg = EngineConfig(model=str(model), dtype=engine.dtype, max_model_len=max_model_len, temperature=0.0,
                        kv_cache_gib=engine.kv_cache_gib, batch_size=engine.batch_size,
                        enforce_eager=engine.enforce_eager, max_tokens=ANSWER_TOKENS)
-    eng = Engine(cfg, out.parent / "cache")
+    eng = Engine(cfg, out.parent / "cache", backend=backend)
     reqs = [Request(messages=it.messages, max_tokens=it.max_tokens, temperature=0.0,
                     template_version=f"eval.v{SUITE_VERSION}.{fp}") for it in items]
-    preds = eng.generate(reqs)
+    long = eng.too_long(reqs)
+    preds = iter(eng.generate([r for r, w in zip(reqs, long, strict=True) if not w]))
     tmp = out.with_name(f".{out.name}.tmp")
     with tmp.open("w") as f:
-        for it, p in zip(items, preds, strict=True):
-            f.write(json.dumps({"id": it.id, "suite": it.suite, "prediction": p}) + "\n")
+        for it, w in zip(items, long, strict=True):
+            rec = {"id": it.id, "suite": it.suite, "prediction": None, "skipped": "prompt_too_long"} if w else \
+                {"id": it.id, "suite": it.suite, "prediction": next(preds)}
+            f.write(json.dumps(rec) + "\n")
     os.replace(tmp, out)
-    (out.parent / "model.json").write_text(json.dumps({"path": str(model), "fingerprint": fp,
+    (out.parent / "model.json").write_text(json.dumps({"path": str(model), "fingerprint": fp, "window": max_model_len,
                                                         "engine_calls": eng.calls}) + "\n")
 
 
@@ -160,8 +171,10 @@ def evaluate(models: list[str], out: Path, cfg: EvalConfig, log: Any = print) ->
     if len(tok_fps) > 1:
         raise EvalError("the models have different tokenizers; a suite's prompt lengths are counted with one: "
                         "evaluate them separately")
+    # each model is asked in its own window; the suite reaches the longest (a context-extended
+    # model past its base's), and a model answers the items that fit its window
     windows = {label: model_window(p, cfg.engine) for label, p in pairs}
-    window = min(windows.values())
+    window = max(windows.values())
     scfg = cfg.suite_config()
     suite_dir = generate_suite(scfg, pairs[0][1], window - ANSWER_TOKENS)
     out.mkdir(parents=True, exist_ok=True)
@@ -182,21 +195,27 @@ def evaluate(models: list[str], out: Path, cfg: EvalConfig, log: Any = print) ->
         pred_file = d / "predictions.jsonl"
         fp = model_fingerprint(path)
         done = d / "model.json"
-        fresh = pred_file.is_file() and done.is_file() and json.loads(done.read_text()).get("fingerprint") == fp \
+        fresh = pred_file.is_file() and done.is_file() \
+            and {k: json.loads(done.read_text()).get(k) for k in ("fingerprint", "window")} == \
+            {"fingerprint": fp, "window": windows[label]} \
             and {json.loads(x)["id"] for x in pred_file.read_text().splitlines()} == set(items)
         if not fresh:
             log(f"[{label}] generating {len(items)} answers with vLLM ({path}) ...")
             cmd = [sys.executable, "-m", "lcdata.evals.run", str(path), str(out / "suite"), str(pred_file),
-                   cfg.engine.model_dump_json(), str(window)]
+                   cfg.engine.model_dump_json(), str(windows[label])]
             with (d / "engine.log").open("w") as logf:
                 rc = subprocess.call(cmd, stdout=logf, stderr=subprocess.STDOUT)
             if rc != 0:
                 tail = (d / "engine.log").read_text()[-3000:]
                 raise EvalError(f"[{label}] generation failed (exit {rc}); the end of {d / 'engine.log'}:\n{tail}")
         scored = []
+        skipped = 0
         with (d / ".scored.tmp").open("w") as f:
             for line in pred_file.read_text().splitlines():
                 p = json.loads(line)
+                if p.get("skipped"):
+                    skipped += 1  # longer than this model's window: not asked, not scored
+                    continue
                 it = items[p["id"]]
                 s = score_item(it, p["prediction"])
                 rec = {"id": it.id, "suite": it.suite, "meta": it.meta, "answers": it.answers,
@@ -204,7 +223,8 @@ def evaluate(models: list[str], out: Path, cfg: EvalConfig, log: Any = print) ->
                 scored.append(rec)
                 f.write(json.dumps(rec) + "\n")
         os.replace(d / ".scored.tmp", d / "scored.jsonl")
-        results["models"][label] = {"path": str(path), "fingerprint": fp, "suites": aggregate(scored)}
+        results["models"][label] = {"path": str(path), "fingerprint": fp, "window": windows[label],
+                                    "beyond_window": skipped, "suites": aggregate(scored)}
         log(f"[{label}] " + ", ".join(f"{k} {v['primary']} {v['value']:.3f}" for k, v in results["models"][label]["suites"].items()))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "summary.md").write_text(summary_table(results) + "\n")

@@ -5,7 +5,8 @@ ways, greedily: (a) closed-book, (b) with only a window of ``window_tokens`` aro
 evidence span (tried for up to ``max_windows`` spans; the best counts), (c) with the full
 context. Scores against the reference answer (``lcdata.filters.scoring``) are stored in
 ``meta.verify``; a sample stays when (c) succeeds and (a) and (b) fail. Drop reasons, in
-this order: ``answerable_closed_book``, ``answerable_locally``, ``full_context_fails``. The
+this order: ``answerable_closed_book``, ``answerable_locally``, ``full_context_fails``; a sample whose
+full-context prompt does not fit the engine's window is dropped unasked (``prompt_too_long``). The
 stage's ``notes`` count every ablation independently (how many each one alone rejected).
 
 ``JudgeStage`` asks the engine for a 1-10 quality score with a reason (structured output)
@@ -69,8 +70,16 @@ class VerifyStage(Filter[Sample]):
                                                                 reference=ref[:400], candidate=o[:400])}],
                         MATCH_SCHEMA, MATCH_VERSION, 16, temperature=0.0)
                 for o, (s, ref) in zip(outs, refs, strict=True)]
+        long = self.engine.too_long(reqs)
+        sent = iter(self.engine.generate([r for r, w in zip(reqs, long, strict=True) if not w], who=self.name)
+                    if reqs else [])
         out = []
-        for text in self.engine.generate(reqs, who=self.name) if reqs else []:
+        for w in long:
+            if w:  # a question and two answers, capped: only a tiny window refuses one
+                self.note("match_prompt_too_long")
+                out.append(0.0)
+                continue
+            text = next(sent)
             try:
                 out.append(1.0 if json.loads(text)["correct"] is True else 0.0)
             except (json.JSONDecodeError, KeyError, TypeError):
@@ -91,23 +100,26 @@ class VerifyStage(Filter[Sample]):
                        temperature=0.0)
 
     def keep_batch(self, samples: list[Sample]) -> list[Verdict]:
-        limit = self.engine.cfg.max_model_len - self.cfg.max_tokens - 64
-        plan: list[tuple[Sample, int, int]] = []  # sample, first request, number of windows
-        reqs: list[Request] = []
+        verdict: dict[str, Verdict] = {}
+        asked: list[tuple[Sample, list[Request]]] = []
         for s in samples:
-            if s.context_tokens > limit:
-                self.note("skipped_longer_than_engine")
-                s.meta["verify"] = {"skipped": f"context of {s.context_tokens} tokens > engine.max_model_len budget {limit}"}
-                continue
             q = s.question + BRIEF
             wins = local_windows(s, self.tok, self.cfg.window_tokens, self.cfg.max_windows)
-            plan.append((s, len(reqs), len(wins)))
-            reqs.append(self._req(q, "closed"))
-            reqs.extend(self._req(DOC_OPEN + w + DOC_CLOSE + q, "local") for w in wins)
-            reqs.append(self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full"))
+            asked.append((s, [self._req(q, "closed"), *(self._req(DOC_OPEN + w + DOC_CLOSE + q, "local") for w in wins),
+                              self._req(DOC_OPEN + s.context_text() + DOC_CLOSE + q, "full")]))
+        why = iter(self.engine.too_long([r for _, rs in asked for r in rs]))
+        plan: list[tuple[Sample, int, int]] = []  # sample, first request, number of windows
+        reqs: list[Request] = []
+        for s, rs in asked:
+            long = [w for w in (next(why) for _ in rs) if w]
+            if long:  # the full-context prompt: every other one is shorter
+                verdict[s.id] = reject("prompt_too_long", f"{s.id} (context {s.context_id}): the full-context "
+                                       f"answer's {long[-1]}; raise engine.max_model_len or lower assemble.buckets")
+                continue
+            plan.append((s, len(reqs), len(rs) - 2))
+            reqs.extend(rs)
         outs = self.engine.generate(reqs, who=self.name) if reqs else []
         scores = self._score(plan, outs)
-        verdict: dict[str, Verdict] = {}
         for s, i, n in plan:
             closed = scores[i]
             local = max(scores[i + 1:i + 1 + n], default=0.0)
@@ -156,8 +168,17 @@ class JudgeStage(Filter[Sample]):
             question=s.question.strip()[:600], answer=s.answer[:600],
             evidence="\n".join(f"- {e.text[:300]}" for e in s.evidence[:6]) or "(none recorded)")}],
             JUDGE_SCHEMA, JUDGE_VERSION, 128, temperature=0.0) for s in todo]
-        outs = dict(zip([s.id for s in todo], self.engine.generate(reqs, who=self.name) if reqs else [], strict=True))
-        return [self._verdict(s, outs[s.id]) if s.id in outs else KEEP for s in samples]
+        long = dict(zip([s.id for s in todo], self.engine.too_long(reqs), strict=True))
+        fit = [(s, r) for s, r in zip(todo, reqs, strict=True) if not long[s.id]]
+        outs = dict(zip([s.id for s, _ in fit], self.engine.generate([r for _, r in fit], who=self.name)
+                        if fit else [], strict=True))
+        out = []
+        for s in samples:
+            if long.get(s.id):
+                out.append(reject("prompt_too_long", f"{s.id}: the judge's {long[s.id]}; raise engine.max_model_len"))
+            else:
+                out.append(self._verdict(s, outs[s.id]) if s.id in outs else KEEP)
+        return out
 
     def _verdict(self, s: Sample, out: str) -> Verdict:
         try:

@@ -170,6 +170,12 @@ class Job(Generic[D]):
     on_fail: Callable[[Job[D], str], Iterable[Sample | Job[Any]] | None] | None = None
     attempt: int = 0
     temperature: float | None = None  # None: the engine's; 0: greedy (checks, not writing)
+    too_long: str | None = None  # why its prompt does not fit the engine's window (never sent)
+
+    def request(self) -> Request:
+        # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
+        return Request(self.messages, self.schema, f"{self.template}#try{self.attempt}", self.max_tokens,
+                       self.temperature)
 
 
 @dataclass
@@ -291,15 +297,18 @@ class LLMStage(Producer[Context, Sample], Task):
                     yield Planned()
                     yield item
         while pending:
-            # each attempt is its own request (and cache entry): a retry is a new sample, not a cache hit
-            reqs = [Request(j.messages, j.schema, f"{j.template}#try{j.attempt}", j.max_tokens, j.temperature)
-                    for j in pending]
-            texts = self.engine.generate(reqs, who=self.name)
+            reqs = [j.request() for j in pending]
+            # measured before sending: a prompt that does not fit the window fails its job (never retried)
+            for j, why in zip(pending, self.engine.too_long(reqs), strict=True):
+                j.too_long = why
+            sent = [r for j, r in zip(pending, reqs, strict=True) if j.too_long is None]
+            outs = iter(self.engine.generate(sent, who=self.name) if sent else [])
             nxt: list[Job] = []
-            for j, text in zip(pending, texts, strict=True):
-                obj = parse_json(text, j.schema)
+            for j in pending:
+                text = "" if j.too_long else next(outs)
+                obj = None if j.too_long else parse_json(text, j.schema)
                 if obj is None:
-                    if j.attempt < self.cfg.max_retries:
+                    if j.attempt < self.cfg.max_retries and not j.too_long:
                         j.attempt += 1
                         nxt.append(j)
                     elif j.on_fail is not None:
@@ -310,7 +319,8 @@ class LLMStage(Producer[Context, Sample], Task):
                                 yield item
                     else:
                         reason, why = self.bad_output(j, text)
-                        self.drop_all(j.sample_ids, reason, why, {"output": text[:2000]})
+                        self.drop_all(j.sample_ids, reason, why, {"template": j.template, "prompt_too_long": j.too_long}
+                                      if j.too_long else {"output": text[:2000]})
                     continue
                 for item in j.handle(j, obj):
                     if isinstance(item, Job):
@@ -320,8 +330,13 @@ class LLMStage(Producer[Context, Sample], Task):
             pending = nxt
 
     def bad_output(self, j: Job[Any], text: str) -> tuple[str, str]:
-        """Why the last attempt of ``j`` is not valid JSON: ``truncated`` when it ran into the
-        job's ``max_tokens`` (raise the task's ``max_tokens``), else ``bad_json``."""
+        """Why the last attempt of ``j`` gave no valid JSON: ``prompt_too_long`` when its prompt
+        did not fit the engine's window (never sent), ``truncated`` when it ran into the job's
+        ``max_tokens`` (raise the task's ``max_tokens``), else ``bad_json``."""
+        if j.too_long:
+            return "prompt_too_long", (f"{j.template}: {j.too_long}; raise engine.max_model_len or lower the "
+                                       f"task's prompt size (tasks.{self.cfg.kind}: chunk or window size, "
+                                       "max_tokens; assemble.buckets)")
         if self.tok.count([text])[0] >= j.max_tokens - 1:
             return "truncated", (f"the output reached max_tokens={j.max_tokens} before its JSON closed "
                                  f"({j.attempt + 1} attempts); raise tasks.{self.cfg.kind}.max_tokens")
