@@ -209,7 +209,8 @@ def train(ctx: typer.Context) -> None:
 def eval_(
     models: list[str] = typer.Argument(..., help="Model directories, each DIR or LABEL=DIR (e.g. base=models/x trained=runs/y/final)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output directory: results.json, summary.md, plots, predictions."),
-    suite: list[str] = typer.Option(None, "--suite", "-s", help="Only these suites (repeat): niah, multihop, squad, counterfactual, lift (an unknown name is an error listing the registered ones)."),
+    suite: list[str] = typer.Option(None, "--suite", "-s", help="Only these suites (repeat): niah, multihop, squad, counterfactual, lift, user_qa (an unknown name is an error listing the registered ones)."),
+    qa: Path = typer.Option(None, "--qa", help="Your own long QA as a suite (`user_qa`): a .jsonl or .parquet file of question/answer/context records; fields and the too-long policy in the eval config's `suite.user_qa`."),
     size: str = typer.Option(None, "--size", help="`full` (default) or `small` (the demo's, ~1 min per model on 2 cores)."),
     config: Path = typer.Option(None, "--config", "-c", help="Eval config YAML: size, suite overrides, engine."),
 ) -> None:
@@ -218,9 +219,9 @@ def eval_(
     from lcdata.evals.run import EvalError, evaluate, load_eval_config
 
     try:
-        cfg = load_eval_config(config, size=size, suites=suite or None)
+        cfg = load_eval_config(config, size=size, suites=suite or None, qa=str(qa) if qa else None)
         results = evaluate(models, out, cfg, log=lambda m: console.print(m, highlight=False, markup=False))
-    except (EvalError, FileNotFoundError) as e:
+    except (EvalError, FileNotFoundError, ValueError) as e:
         _fail(str(e))
     from lcdata.evals.run import summary_table
 

@@ -23,6 +23,23 @@ TINY = dict(
 )
 
 
+def qa_file(d: Path, long_tokens_chars: int = 30000) -> Path:
+    """A user's long-QA file from real HotpotQA dev rows: two with their own ten paragraphs as the
+    context, one whose context is padded with other rows' paragraphs to ~``long_tokens_chars``."""
+    from lcdata.read.corpora import eval_data_dir
+
+    rows = json.loads((eval_data_dir() / "hotpotqa.json").read_text())
+    ctx = [" ".join(t + ": " + "".join(s) for t, s in r["context"]) for r in rows[:60]]
+    recs = [{"qid": rows[i]["_id"], "question": rows[i]["question"], "answer": rows[i]["answer"], "context": ctx[i]}
+            for i in range(2)]
+    pad = " ".join(ctx[3:])[:long_tokens_chars]
+    recs.append({"qid": rows[2]["_id"], "question": rows[2]["question"], "answer": [rows[2]["answer"], "x"],
+                 "context": ctx[2] + " " + pad})
+    p = d / "my_qa.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return p
+
+
 def _item(suite: str, answers: list[str]) -> EvalItem:
     return EvalItem(id=f"{suite}/0", suite=suite, messages=[], answers=answers)
 
@@ -34,7 +51,8 @@ def test_suite_is_deterministic_and_cached(model_dir, tmp_path, monkeypatch):
     assert a.name == b.name and a.name.startswith(f"v{S.SUITE_VERSION}-")
     files = sorted(p.name for p in a.iterdir())
     assert files == ["counterfactual.jsonl", "lift.jsonl", "lift_document.txt", "multihop.jsonl", "niah.jsonl",
-                     "squad.jsonl", "suite.json"]
+                     "squad.jsonl", "suite.json", "user_qa.jsonl"]
+    assert (a / "user_qa.jsonl").read_text() == ""  # no file given: the user's suite is empty
     for f in files:
         assert (a / f).read_bytes() == (b / f).read_bytes(), f
     # a second call finds the cache and generates nothing
@@ -124,7 +142,7 @@ def test_suite_config_is_generated_from_the_registry():
 
     assert lcdata.evals.SUITES is S.SUITES
     assert list(S.SuiteConfig.model_fields) == ["seed", "suites", *S.SUITES]
-    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift"]
+    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift", "user_qa"]
     cfg, small = S.SuiteConfig(), S.SuiteConfig.preset("small")
     assert cfg.suites == list(S.SUITES)
     for name, suite in S.SUITES.items():
@@ -143,7 +161,8 @@ def test_suite_config_is_generated_from_the_registry():
 def test_every_suite_scores_aggregates_and_reports_its_items(model_dir, tmp_path):
     from lcdata.evals.run import summary_table
 
-    items = S.load_items(S.generate_suite(S.SuiteConfig(**TINY), model_dir, 8000, tmp_path))
+    user = S.UserQASuite.Config(path=str(qa_file(tmp_path)))
+    items = S.load_items(S.generate_suite(S.SuiteConfig(**TINY, user_qa=user), model_dir, 8000, tmp_path))
 
     def right(it: EvalItem) -> str:  # counterfactual: knows the fact closed-book, follows the context
         if it.suite == "niah":
@@ -224,7 +243,7 @@ def test_suite_names_are_checked_when_defined():
         class NoPrimary(EvalSuite):
             name = "no_primary"
             Config = S.SquadSuite.Config
-    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift"]
+    assert list(S.SUITES) == ["niah", "multihop", "squad", "counterfactual", "lift", "user_qa"]
 
 
 def test_eval_texts_are_registered_for_decontamination(tmp_path, monkeypatch):
@@ -249,22 +268,93 @@ def test_eval_texts_are_registered_for_decontamination(tmp_path, monkeypatch):
     assert default.matches(play.read_text()[:200_000]) == 0
 
 
+def _user_items(model_dir, tmp_path, window, **cfg):
+    user = S.UserQASuite.Config(path=str(qa_file(tmp_path)), id_field="qid", **cfg)
+    return S.load_items(S.generate_suite(S.SuiteConfig(suites=["user_qa"], user_qa=user), model_dir, window,
+                                         tmp_path / "cache"))
+
+
+def test_user_qa_truncates_the_middle_of_a_context_over_the_window(model_dir, tok, tmp_path):
+    items = _user_items(model_dir, tmp_path, 4000)
+    recs = [json.loads(x) for x in (tmp_path / "my_qa.jsonl").read_text().splitlines()]
+    assert [it.id for it in items] == [f"user_qa/{r['qid']}" for r in recs]
+    short, long_ = items[:2], items[2]
+    for it, r in zip(short, recs, strict=False):  # under the window: whole, untouched
+        assert r["context"] in it.messages[0]["content"] and it.meta["truncated_tokens"] == 0
+        assert it.answers == [r["answer"]] and it.meta["too_long"] == ""
+    n = tok.count([tok.render(long_.messages, add_generation_prompt=True)])[0]
+    assert n == long_.meta["prompt_tokens"] and 4000 - 200 <= n <= 4000
+    assert long_.meta["context_tokens"] > 6000 and long_.meta["truncated_tokens"] > 2000
+    text, ctx = long_.messages[0]["content"], recs[2]["context"]
+    assert ctx[:1000] in text and ctx[-1000:] in text  # the start and the end are kept
+    assert f"[... {long_.meta['truncated_tokens']:,} tokens cut ...]" in text
+    assert long_.answers == recs[2]["answer"] and long_.answers[1] == "x" and long_.meta["too_long"] == "truncate"
+    assert text.endswith(recs[2]["question"] + " Answer with a few words only.")
+    res = aggregate([{"suite": it.suite, "meta": it.meta, "score": score_item(it, it.answers[0])} for it in items])
+    assert res["user_qa"]["contains"] == 1.0 and res["user_qa"]["truncated"] == pytest.approx(1 / 3, abs=1e-3)
+    # by the context's own length: the padded one is over 8K tokens before truncation
+    assert [(b["min_tokens"], b["n"], b["truncated"]) for b in res["user_qa"]["by_length"]] == [(0, 2, 0.0), (8192, 1, 1.0)]
+
+
+def test_user_qa_skip_keeps_it_whole_and_refuse_names_the_record(model_dir, tmp_path):
+    items = _user_items(model_dir, tmp_path, 4000, too_long="skip")
+    assert items[2].meta["prompt_tokens"] > 4000 and items[2].meta["too_long"] == "skip"
+    assert items[2].messages[0]["content"].count(json.loads((tmp_path / "my_qa.jsonl").read_text().splitlines()[2])
+                                                 ["context"][-500:]) == 1
+    (tmp_path / "r").mkdir()
+    with pytest.raises(ValueError, match=r"my_qa.jsonl line 3: the prompt is [\d,]+ tokens, over the window of 4,000"):
+        _user_items(model_dir, tmp_path / "r", 4000, too_long="refuse")
+
+
+def test_user_qa_reads_parquet_and_checks_its_fields(model_dir, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [json.loads(x) for x in qa_file(tmp_path).read_text().splitlines()][:2]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "qa.parquet")
+    cfg = S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path=str(tmp_path / "qa.parquet"), n=1))
+    items = S.load_items(S.generate_suite(cfg, model_dir, 8000, tmp_path / "c"))
+    assert len(items) == 1 and items[0].id in ("user_qa/0", "user_qa/1")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"q": "Who?", "answer": "A", "context": "B"}) + "\n")
+    bad = S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path=str(tmp_path / "bad.jsonl")))
+    with pytest.raises(ValueError, match=r"bad.jsonl line 1: no `question`; .*`suite.user_qa.question_field` "
+                                         r"\(its fields: q, answer, context\)"):
+        S.generate_suite(bad, model_dir, 8000, tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="nope.jsonl not found"):
+        S.generate_suite(S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path="nope.jsonl")),
+                         model_dir, 8000, tmp_path / "c")
+
+
+def test_user_qa_cache_follows_the_files_content(model_dir, tmp_path):
+    p = qa_file(tmp_path)
+    cfg = S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path=str(p)))
+    a = S.generate_suite(cfg, model_dir, 8000, tmp_path / "c")
+    assert S.generate_suite(cfg, model_dir, 8000, tmp_path / "c") == a
+    p.write_text(p.read_text().splitlines()[0] + "\n")  # the user edits the file: same path, new suite
+    b = S.generate_suite(cfg, model_dir, 8000, tmp_path / "c")
+    assert b != a and len(S.load_items(b)) == 1
+
+
 @pytest.mark.slow
 def test_tiny_end_to_end_eval_of_the_real_model(model_dir, tmp_path, monkeypatch):
     from lcdata.evals.run import EvalConfig, evaluate
 
     monkeypatch.setenv("LCDATA_CACHE", str(tmp_path / "cache"))
     cfg = EvalConfig(size="full", suite={k: v.model_dump() for k, v in TINY.items()} | {
-        "niah": {"lengths": [512], "depths": [0.5], "needles": [1]}})
+        "niah": {"lengths": [512], "depths": [0.5], "needles": [1]},
+        "user_qa": {"path": str(qa_file(tmp_path, long_tokens_chars=60000))}})
     out = tmp_path / "eval"
     res = evaluate([f"base={model_dir}"], out, cfg, log=lambda m: None)
     suites = res["models"]["base"]["suites"]
-    assert set(suites) == {"niah", "multihop", "squad", "counterfactual", "lift"}
+    assert set(suites) == {"niah", "multihop", "squad", "counterfactual", "lift", "user_qa"}
+    # the 14K-token context of the user's third record was cut to SmolLM2's 8K window, and answered
+    assert suites["user_qa"]["n"] == 3 and suites["user_qa"]["truncated"] == pytest.approx(1 / 3, abs=1e-3)
+    assert (out / "user_qa.png").stat().st_size > 5000
     # golden: greedy SmolLM2-135M finds one needle in 512 tokens, and knows no LIFT password
     assert suites["niah"]["single"] == 1.0
     assert suites["lift"]["contains"] == 0.0
     preds = (out / "base" / "scored.jsonl").read_text().splitlines()
-    assert len(preds) == 11 and all(json.loads(p)["prediction"].strip() for p in preds)
+    assert len(preds) == 14 and all(json.loads(p)["prediction"].strip() for p in preds)
     for name in ("niah", "multihop", "counterfactual", "summary"):
         assert (out / f"{name}.png").stat().st_size > 5000
     assert json.loads((out / "results.json").read_text())["suite_version"] == S.SUITE_VERSION

@@ -74,6 +74,11 @@ class EvalSuite:
         raise NotImplementedError(f"eval suite {cls.__qualname__} must implement `items`")
 
     @classmethod
+    def fingerprint(cls, cfg: Any) -> str:
+        """The content of the suite's inputs outside lcdata (a user's file), for the cache key."""
+        return ""
+
+    @classmethod
     def files(cls, cfg: Any, tok: ChatTokenizer, seed: int) -> dict[str, str]:
         """Extra files (name -> text) written beside ``<name>.jsonl`` in the suite directory."""
         return {}

@@ -82,6 +82,8 @@ def load_eval_config(path: Path | None, **overrides: Any) -> EvalConfig:
         if v is not None:
             if k == "suites":
                 raw.setdefault("suite", {})["suites"] = v
+            elif k == "qa":  # `lcdata eval --qa FILE`: the user_qa suite's file
+                raw.setdefault("suite", {}).setdefault("user_qa", {})["path"] = v
             else:
                 raw[k] = v
     try:

@@ -16,6 +16,8 @@ samples that share 13-grams with them, and with HotpotQA/SQuAD dev and this suit
   counterfactual version: does the model follow the context or its memory?
 - ``lift``: facts inserted in one long essay excerpt (``lift_document.txt``), asked *without*
   the document: a model trained on that document's segments (LIFT) should know them.
+- ``user_qa``: the user's own (question, answer, context) records (JSONL or Parquet), with an
+  explicit policy for contexts over the window (truncate the middle, skip, refuse).
 
 A new suite is one more `EvalSuite` subclass here (or in a module imported before use): it
 appears in `SuiteConfig`, `generate_suite`, scoring, results, summary.md and plots.
@@ -34,7 +36,7 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -537,6 +539,152 @@ class LiftSuite(QASuite):
         return {"lift_document.txt": cls.document(cfg, tok, seed)[0] + "\n"}
 
 
+class UserQASuite(QASuite):
+    """The user's own long QA: (question, answer, context) records from a JSONL or Parquet file
+    (e.g. a benchmark with 70K-115K-token contexts), scored like ``multihop``. A context longer
+    than the window is handled by ``too_long``, and every item records what was done."""
+
+    name = "user_qa"
+    primary = "contains"
+    summary = ("contains", "f1", "truncated")
+
+    class Config(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        path: str | None = Field(None, description="A .jsonl or .parquet file of records; None: the suite is empty.")
+        question_field: str = "question"
+        answer_field: str = Field("answer", description="A string, or a list of accepted strings.")
+        context_field: str = "context"
+        id_field: str | None = Field(None, description="Record ids for the predictions; default: the row number.")
+        n: int | None = Field(None, ge=1, description="A seeded sample of this many records; None: all.")
+        instruction: str = Field(" Answer with a few words only.", description="Appended to each question.")
+        max_answer_tokens: int = Field(32, ge=1, le=64)
+        too_long: Literal["truncate", "skip", "refuse"] = Field(
+            "truncate", description="A context over the window: `truncate` cuts its middle (start and end kept, "
+            "the cut marked), `skip` keeps it whole and a model whose window it exceeds does not answer it "
+            "(counted as `beyond_window`), `refuse` stops with the record named.")
+
+    @classmethod
+    def records(cls, cfg: Config) -> list[dict[str, Any]]:
+        assert cfg.path is not None
+        p = Path(cfg.path).expanduser()
+        if not p.is_file():
+            raise FileNotFoundError(f"user_qa: {p} not found; set `suite.user_qa.path` (or `lcdata eval --qa`) "
+                                    "to a .jsonl or .parquet file of question/answer/context records")
+        if p.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            rows = pq.read_table(p).to_pylist()
+            where = [f"{p} row {i}" for i in range(len(rows))]
+        elif p.suffix in (".jsonl", ".json"):
+            rows, where = [], []
+            for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"user_qa: {p} line {i}: not JSON ({e.msg}); one object per line") from None
+                where.append(f"{p} line {i}")
+        else:
+            raise ValueError(f"user_qa: {p}: unknown format `{p.suffix}`; give a .jsonl or .parquet file")
+        fields = {"question_field": cfg.question_field, "answer_field": cfg.answer_field,
+                  "context_field": cfg.context_field} | ({"id_field": cfg.id_field} if cfg.id_field else {})
+        for r, w in zip(rows, where, strict=True):
+            for setting, f in fields.items():
+                if not isinstance(r, dict) or r.get(f) in (None, "", []):
+                    raise ValueError(f"user_qa: {w}: no `{f}`; fix the record or set `suite.user_qa.{setting}` "
+                                     f"(its fields: {', '.join(r) if isinstance(r, dict) else type(r).__name__})")
+            r["_where"] = w
+        return rows
+
+    @classmethod
+    def fingerprint(cls, cfg: Config) -> str:
+        if cfg.path is None or not Path(cfg.path).expanduser().is_file():
+            return ""
+        return hashlib.sha256(Path(cfg.path).expanduser().read_bytes()).hexdigest()
+
+    @classmethod
+    def items(cls, cfg: Config, tok: ChatTokenizer, seed: int, window: int) -> Iterator[EvalItem]:
+        if cfg.path is None:
+            return
+        rows = cls.records(cfg)
+        picked = list(range(len(rows)))
+        if cfg.n is not None and cfg.n < len(rows):
+            picked = sorted(random.Random(f"user_qa/{seed}").sample(picked, cfg.n))
+        for i in picked:
+            r = rows[i]
+            ans = r[cfg.answer_field]
+            answers = [str(a).strip() for a in ans] if isinstance(ans, list) else [str(ans).strip()]
+            q = str(r[cfg.question_field]).strip() + cfg.instruction
+            ctx = str(r[cfg.context_field])
+            msgs = _prompt(ctx, q)
+            n = _prompt_tokens(tok, msgs)
+            cut = 0
+            if n > window:
+                if cfg.too_long == "refuse":
+                    raise ValueError(f"user_qa: {r['_where']}: the prompt is {n:,} tokens, over the window of "
+                                     f"{window:,}; set `suite.user_qa.too_long` to `truncate` or `skip`, or evaluate "
+                                     "a model with a longer window")
+                if cfg.too_long == "truncate":
+                    msgs, n, cut = cls.truncate_middle(tok, ctx, q, window)
+            rid = str(r[cfg.id_field]) if cfg.id_field else str(i)
+            yield EvalItem(id=f"user_qa/{rid}", suite=cls.name, messages=msgs, answers=answers,
+                           max_tokens=cfg.max_answer_tokens,
+                           meta={"context_tokens": tok.count([ctx])[0], "prompt_tokens": n, "truncated_tokens": cut,
+                                 "too_long": cfg.too_long if cut or n > window else ""})
+
+    @classmethod
+    def truncate_middle(cls, tok: ChatTokenizer, ctx: str, q: str, window: int) -> tuple[list[dict[str, str]], int, int]:
+        """The context with its middle cut (LongBench's convention: the start and the end keep
+        most instructions and answers), marked in the text; returns the messages, their tokens
+        and the context tokens cut."""
+        enc = tok.tokenizer.encode(ctx, add_special_tokens=False)
+        total = len(enc.ids)
+        keep = max(0, total - (_prompt_tokens(tok, _prompt(ctx, q)) - window) - 32)
+        while True:
+            head = keep // 2
+            a = enc.token_to_chars(head)[0] if head < total else len(ctx)
+            b = enc.token_to_chars(total - (keep - head))[0] if keep - head > 0 else len(ctx)
+            text = ctx[:a] + f"\n[... {total - keep:,} tokens cut ...]\n" + ctx[b:]
+            msgs = _prompt(text, q)
+            n = _prompt_tokens(tok, msgs)
+            if n <= window or keep == 0:
+                return msgs, n, total - keep
+            keep = max(0, keep - (n - window) - 16)
+
+    @classmethod
+    def aggregate(cls, items: list[dict[str, Any]]) -> dict[str, Any]:
+        res = super().aggregate(items)
+        res["truncated"] = mean([float(x["meta"]["truncated_tokens"] > 0) for x in items])
+        edges = [0, 8192, 16384, 32768, 65536, 131072]
+        res["by_length"] = []
+        for lo, hi in zip(edges, [*edges[1:], None], strict=True):
+            v = [x for x in items if x["meta"]["context_tokens"] >= lo and (hi is None or x["meta"]["context_tokens"] < hi)]
+            if v:
+                res["by_length"].append({"min_tokens": lo, "max_tokens": hi, "n": len(v),
+                                         "contains": mean([x["score"]["contains"] for x in v]),
+                                         "f1": mean([x["score"]["f1"] for x in v]),
+                                         "truncated": mean([float(x["meta"]["truncated_tokens"] > 0) for x in v])})
+        return res
+
+    @classmethod
+    def plot(cls, by_model: dict[str, dict[str, Any]], out: Path) -> Path | None:
+        from lcdata.evals.plots import plt, save
+
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        for m, s in by_model.items():
+            xs = [f"<{b['max_tokens'] // 1024}K" if b["max_tokens"] else f">={b['min_tokens'] // 1024}K"
+                  for b in s["by_length"]]
+            ax.plot(xs, [b["contains"] for b in s["by_length"]], marker="o", label=m)
+        ax.set_xlabel("context length (tokens, before any truncation)", fontsize=8)
+        ax.set_ylabel("answer found (contains)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("Your QA (user_qa)", fontsize=10)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        return save(fig, out / "user_qa.png")
+
+
 # Generated from the registry: one field per suite above, with its Config's defaults. A suite
 # registered later (another module) is in `suite_config_model()`, which `lcdata eval` uses.
 SuiteConfig = suite_config_model()
@@ -553,8 +701,9 @@ def tokenizer_fingerprint(model_dir: str | Path) -> str:
 
 
 def suite_key(cfg: SuiteConfigBase, tokenizer_dir: str | Path, window: int) -> str:
-    blob = json.dumps([SUITE_VERSION, cfg.model_dump(mode="json"), tokenizer_fingerprint(tokenizer_dir), window],
-                      sort_keys=True)
+    inputs = {n: suite_class(n).fingerprint(cfg.suite(n)) for n in cfg.suites}  # a user file's content
+    blob = json.dumps([SUITE_VERSION, cfg.model_dump(mode="json"), tokenizer_fingerprint(tokenizer_dir), window,
+                       {k: v for k, v in inputs.items() if v}], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
