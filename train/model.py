@@ -17,8 +17,9 @@ ignores position ids. A plain ``model(input_ids, position_ids=...)`` call withou
 - ``varlen``: one variable-length flash kernel per layer over the whole row: flash-attn's
   ``flash_attn_varlen_func`` when installed, else torch's ``varlen_attn`` (torch >= 2.10).
   CUDA and bf16/fp16 only (torch has no CPU varlen kernel). The CUDA default;
-- ``flex``: FlexAttention with a block-causal document mask (compiled on CUDA; eager on CPU,
-  where it materialises the L x L scores: for checking only). CUDA default without varlen.
+- ``flex``: FlexAttention with a block-causal document mask, compiled on CUDA. On CPU torch
+  runs it forward only (no backward) and eager (L x L scores): evaluation and checks, not
+  training. The CUDA default when varlen is unavailable.
 
 All are registered as transformers attention functions with a mask function that returns
 ``None``, so transformers never materialises a mask of its own. ``auto`` picks by device.
@@ -250,8 +251,9 @@ def register_attention() -> None:
         AttentionMaskInterface.register(name, _no_mask)
 
 
-def backend_unavailable(name: str, device: torch.device, half: bool) -> str | None:
-    """Why backend ``name`` cannot run on ``device`` (``half``: bf16/fp16 compute), or None."""
+def backend_unavailable(name: str, device: torch.device, half: bool, training: bool = True) -> str | None:
+    """Why backend ``name`` cannot run on ``device`` (``half``: bf16/fp16 compute; ``training``:
+    with a backward pass), or None."""
     if name == "varlen":
         if device.type != "cuda":
             return f"it needs CUDA (torch has no varlen kernel for {device.type})"
@@ -261,8 +263,11 @@ def backend_unavailable(name: str, device: torch.device, half: bool) -> str | No
             return "it needs flash-attn or torch >= 2.10"
         if torch.cuda.get_device_capability(device)[0] < 8:
             return "this GPU has no flash attention (needs compute capability >= 8.0)"
-    if name == "flex" and importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
-        return "it needs torch >= 2.5"
+    if name == "flex":
+        if importlib.util.find_spec("torch.nn.attention.flex_attention") is None:
+            return "it needs torch >= 2.5"
+        if training and device.type != "cuda":
+            return f"FlexAttention has no backward on {device.type} (forward only: evaluation)"
     return None
 
 
