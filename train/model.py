@@ -188,7 +188,7 @@ def varlen(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, valu
         raise ValueError(f"varlen attention runs in bf16/fp16, got {dtype}: set model.autocast_bf16=true")
     L, D = query.shape[2], query.shape[-1]
     cu, m = _cu_seqlens(L, position_ids, kwargs, query.device)
-    q, k, v = (t[0].transpose(0, 1).to(dtype) for t in (query, key, value))  # (L, H, D)
+    q, k, v = (t[0].transpose(0, 1).to(dtype).contiguous() for t in (query, key, value))  # (L, H, D)
     out = kernel(q, k, v, cu, m, scaling if scaling is not None else D ** -0.5)
     return out[None].contiguous(), None
 
@@ -217,7 +217,8 @@ def document_block_mask(cu: torch.Tensor, length: int) -> Any:
 def _flex_fn(device_type: str) -> Callable[..., torch.Tensor]:
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False) if device_type == "cuda" else flex_attention
+    # rows differ in length: torch.compile marks the length dynamic after the second one it sees
+    return torch.compile(flex_attention) if device_type == "cuda" else flex_attention
 
 
 def flex(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
