@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from train.model import masked_sdpa, packed_sdpa
+from train.model import ATTENTION
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -57,9 +57,9 @@ def register_gated_memory() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    for name, fn in (("gm_packed_sdpa", packed_sdpa), ("gm_masked_sdpa", masked_sdpa)):
-        AttentionInterface.register(name, _gated(fn))
-        AttentionMaskInterface.register(name, lambda *a, **k: None)
+    for name, fn in ATTENTION.items():
+        AttentionInterface.register(f"gm_{name}", _gated(fn))
+        AttentionMaskInterface.register(f"gm_{name}", lambda *a, **k: None)
 
 
 def attention_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -4,6 +4,7 @@ overrides, unknown keys are errors. Batch sizes are counted in tokens."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,7 +13,17 @@ from typing import Any
 @dataclass
 class ModelCfg:
     path: str = "models/smollm2-135m-instruct"  # a local Hugging Face causal-LM directory
-    attention: str = "packed_sdpa"  # packed_sdpa: causal SDPA per sample; masked_sdpa: one 4D block mask
+    # auto: varlen (else flex) on CUDA, packed_sdpa elsewhere | packed_sdpa: causal SDPA per sample |
+    # masked_sdpa: one SDPA with a 4D block mask (reference) | varlen: one flash varlen kernel per layer
+    # (CUDA, bf16) | flex: FlexAttention with a document block mask. Boundaries come from seq_lens.
+    attention: str = "auto"
+    # Context extension, written into OUT/final/config.json (`rope_parameters`). rope_theta: a new
+    # RoPE base (e.g. 1e6); rope_scaling: {"type": linear|dynamic|yarn|llama3, "factor": F, ...extra
+    # transformers keys}, as JSON on the command line; max_position_embeddings: the new window when
+    # extending by rope_theta alone (with rope_scaling the window is original x factor)
+    rope_theta: float | None = None
+    rope_scaling: dict[str, Any] | None = None
+    max_position_embeddings: int | None = None
     # bf16 autocast for matmuls (weights and optimizer stay float32); None = auto: on where bf16
     # matmuls are fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX), off elsewhere (on an AVX2
     # CPU torch's bf16 matmul is ~60x slower than float32)
@@ -87,7 +98,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         choices = {
-            "model.attention": (self.model.attention, ("packed_sdpa", "masked_sdpa")),
+            "model.attention": (self.model.attention, ("auto", "packed_sdpa", "masked_sdpa", "varlen", "flex")),
             "data.order": (self.data.order, ("shuffle", "sequential", "curriculum")),
             "loss.weighting": (self.loss.weighting, ("token", "sequence")),
             "adapter.kind": (self.adapter.kind, ("none", "lora", "gated_memory")),
@@ -99,10 +110,35 @@ class TrainConfig:
                        ("loss.chunk_tokens", self.loss.chunk_tokens)):
             if v < 1:
                 raise ConfigError(f"`{key}` must be >= 1, got {v}")
+        self._validate_rope()
+
+    def _validate_rope(self) -> None:
+        m = self.model
+        if m.rope_theta is not None and m.rope_theta <= 0:
+            raise ConfigError(f"`model.rope_theta` must be > 0, got {m.rope_theta}")
+        if m.max_position_embeddings is not None and (m.rope_scaling is not None or m.rope_theta is None):
+            raise ConfigError("`model.max_position_embeddings` sets the window of a rope_theta-only extension: "
+                              "set `model.rope_theta` with it, and drop it when `model.rope_scaling` is set "
+                              "(the window is then original x factor)")
+        s = m.rope_scaling
+        if s is None:
+            return
+        example = '{"type": "yarn", "factor": 4}'
+        kind = s.get("type", s.get("rope_type")) if isinstance(s, dict) else None
+        if kind not in ROPE_TYPES:
+            raise ConfigError(f"`model.rope_scaling` needs a type in {', '.join(ROPE_TYPES)} (e.g. {example}), "
+                              f"got {s!r}")
+        factor = s.get("factor")
+        if isinstance(factor, bool) or not isinstance(factor, int | float) or factor <= 1:
+            raise ConfigError(f"`model.rope_scaling` needs a factor > 1 (new window / old), got {factor!r}; "
+                              f"e.g. {example}")
 
 
 class ConfigError(ValueError):
     pass
+
+
+ROPE_TYPES = ("linear", "dynamic", "yarn", "llama3")
 
 
 def _coerce(raw: str, typ: Any, key: str) -> Any:
@@ -112,6 +148,15 @@ def _coerce(raw: str, typ: Any, key: str) -> Any:
         if raw.lower() in ("none", "auto", "null"):
             return None
         typ = next(a for a in args if a is not type(None))
+    if typing.get_origin(typ) is dict:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = None
+        if not isinstance(value, dict):
+            raise ConfigError(f"`{key}`: cannot read {raw!r} as a JSON object, e.g. "
+                              f"--{key}='{{\"type\": \"yarn\", \"factor\": 4}}'") from None
+        return value
     try:
         if typ is bool:
             if raw.lower() in ("1", "true", "yes", "on"):

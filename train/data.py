@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.ipc as ipc
 import torch
 
@@ -40,6 +41,7 @@ class PackedRows:
     (schema version, sha256) before anything is read."""
 
     def __init__(self, dirs: list[Path], verify: bool = True) -> None:
+        self.dirs = [Path(d) for d in dirs]
         self.tables: list[pa.Table] = []
         self.manifests: list[dict[str, Any]] = []
         where: list[tuple[int, int, int]] = []  # (table, batch, row in batch)
@@ -102,6 +104,27 @@ class PackedRows:
 
     def fill(self) -> float:
         return float(self.lengths.sum() / (len(self) * self.seq_len))
+
+    def longest_sample(self) -> int:
+        """The most tokens of one sample (what the model's position window must cover)."""
+        return max(int(pc.max(pc.list_flatten(t.column("seq_lens"))).as_py() or 0) for t in self.tables)
+
+    def check_tokenizer(self, model_dir: str | Path) -> None:
+        """Refuse a model whose ``tokenizer.json`` is not the one the dataset was tokenized with."""
+        path = Path(model_dir) / "tokenizer.json"
+        for d, m in zip(self.dirs, self.manifests, strict=True):
+            want = m.get("tokenizer", {})
+            if "sha256" not in want:
+                continue
+            if not path.is_file():
+                raise DataError(f"{path} is missing: {d} was tokenized with {want.get('model')}/tokenizer.json; "
+                                "train a model that ships its tokenizer.json")
+            got = sha256_file(path)
+            if got != want["sha256"]:
+                raise DataError(f"the model's tokenizer differs from the dataset's: {path} has sha256 {got[:16]}..., "
+                                f"{d} was tokenized with {want.get('model')}/tokenizer.json (sha256 "
+                                f"{want['sha256'][:16]}...); train with --model={want.get('model')} (or a model with "
+                                "its tokenizer), or rebuild the dataset with this model")
 
 
 class _Stream:

@@ -19,7 +19,14 @@ from train.adapters import GatedMemorySpec, add_gated_memory, add_lora
 from train.checkpoint import export_hf, load_checkpoint, save_checkpoint
 from train.config import ConfigError, TrainConfig, apply_overrides, parse_cli_overrides
 from train.data import DataError, Loader, PackedRows, Row
-from train.model import fast_bf16, load_model, packed_loss
+from train.model import (
+    check_window,
+    fast_bf16,
+    load_model,
+    model_config,
+    packed_loss,
+    resolve_attention,
+)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -85,6 +92,7 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
     rows = PackedRows(dirs)
+    rows.check_tokenizer(cfg.model.path)
     mix = cfg.data.short_ratio if cfg.data.short_ratio >= 0 else None
     loader = Loader(rows, cfg.data.order, cfg.data.seed, mix, cfg.data.short_max_tokens)
     rows_per_step = max(1, math.ceil(cfg.batch.tokens_per_step / rows.seq_len))
@@ -97,19 +105,22 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         f"{rows_per_step * rows.seq_len:,} token slots, ~{int(rows.lengths.mean() * rows_per_step):,} real "
         f"tokens/step; {cfg.run.steps} steps = {cfg.run.steps * rows_per_step / len(rows):.2f} epochs")
 
-    model = load_model(cfg.model.path, cfg.model.attention).to(dist.device)
+    bf16 = fast_bf16(dist.device) if cfg.model.autocast_bf16 is None else cfg.model.autocast_bf16
+    attention = resolve_attention(cfg.model.attention, dist.device, bf16)
+    config = model_config(cfg.model)  # with model.rope_theta / rope_scaling applied
+    check_window(config, rows.longest_sample(), cfg.model)
+    model = load_model(cfg.model.path, attention, config=config).to(dist.device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     a = cfg.adapter
     if a.kind == "lora":
         model = add_lora(model, a.lora_r, a.lora_alpha, a.lora_dropout)
     elif a.kind == "gated_memory":
-        model = add_gated_memory(model, GatedMemorySpec(a.memory_slots, a.gate_init), cfg.model.attention)
+        model = add_gated_memory(model, GatedMemorySpec(a.memory_slots, a.gate_init), attention)
     model.to(dist.device).train()
-    bf16 = fast_bf16(dist.device) if cfg.model.autocast_bf16 is None else cfg.model.autocast_bf16
     params = [p for p in model.parameters() if p.requires_grad]
     log(f"model: {cfg.model.path} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable params), "
-        f"adapter {a.kind}, attention {cfg.model.attention}, bf16 autocast {bf16}"
+        f"adapter {a.kind}, attention {attention}, bf16 autocast {bf16}"
         f"{' (auto)' if cfg.model.autocast_bf16 is None else ''}, "
         f"device {dist.device}")
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
@@ -138,14 +149,15 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         lr = lr_at(step, cfg)
         for g in opt.param_groups:
             g["lr"] = lr
-        stats = torch.zeros(2, dtype=torch.float64)  # loss sum, tokens
+        stats = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss sum, tokens
         for row in batch[dist.rank::dist.world]:  # ... and runs its share of the rows
             with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
                 total, _ = packed_loss(model, row.input_ids.to(dist.device), row.position_ids.to(dist.device),
                                        row.labels.to(dist.device), row.seq_lens, cfg.loss.weighting,
                                        cfg.loss.chunk_tokens)
             (total / denom).backward()
-            stats += torch.tensor([float(total.detach()), row.input_ids.shape[1]], dtype=torch.float64)
+            stats += torch.tensor([float(total.detach()), row.input_ids.shape[1]], dtype=torch.float64,
+                                  device=dist.device)
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         dist.all_reduce_(grads + [stats])
         for p, g in zip(params, grads, strict=True):
