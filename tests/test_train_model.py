@@ -201,14 +201,22 @@ def test_backend_choice_by_device():
     ({"rope_type": "llama3", "factor": 8}, 32768, 32768,
      {"original_max_position_embeddings": 4096, "low_freq_factor": 1.0, "high_freq_factor": 4.0}),
 ])
-def test_rope_scaling_applied_as_vllm_reads_it(tiny_model_dir, scaling, mpe, window, extra):
+def test_rope_scaling_applied_as_vllm_reads_it(tiny_model_dir, scaling, mpe, window, extra, tmp_path):
     """linear / dynamic keep max_position_embeddings (vLLM multiplies it by the factor), yarn and
     llama3 record the original window and set max_position_embeddings = original x factor."""
+    import shutil
+
+    from lcdata.engine import model_window as eval_window
+
     cfg = model_config(ModelCfg(path=str(tiny_model_dir), rope_scaling=scaling, rope_theta=5e5))
     kind = scaling.get("type", scaling.get("rope_type"))
     assert cfg.rope_parameters == {"rope_type": kind, "rope_theta": 5e5, "factor": float(scaling["factor"]), **extra}
     assert cfg.max_position_embeddings == mpe
     assert model_window(cfg) == window
+    # the evaluation (lcdata, which may not import the trainer) reads the saved config the same way
+    cfg.save_pretrained(tmp_path)
+    shutil.copy(tiny_model_dir / "tokenizer_config.json", tmp_path)
+    assert eval_window(tmp_path) == window
 
 
 def test_rope_theta_alone_with_a_window(tiny_model_dir):
