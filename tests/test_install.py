@@ -108,6 +108,12 @@ def test_missing_data_package_names_make_data(tmp_path: Path, monkeypatch):
         minilm_dir()
     with pytest.raises(MissingCorpusError, match="make data"):
         prepare(tmp_path / "model")
+    from typer.testing import CliRunner
+
+    from lcdata.cli import app
+
+    r = CliRunner().invoke(app, ["model", "prepare", "--out", str(tmp_path / "model")])
+    assert r.exit_code == 2 and "make data" in r.output and "Traceback" not in r.output, r.output
 
 
 def test_make_data_unpacked_every_package():
