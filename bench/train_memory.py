@@ -2,7 +2,8 @@
 each in a fresh process (peak RSS from ru_maxrss), packed_sdpa + gradient checkpointing + the
 target-only chunked loss, AdamW. Rows hold samples of a quarter of the row (attention cost grows
 with the samples), or of a fixed `--sample-len` (rows get longer with more samples of the same
-length: tokens/s should stay flat).
+length: tokens/s should stay flat). Tokens per CPU-second (process time, all threads) is printed
+beside tokens/s: on a shared machine it moves less with the other processes' load.
 
 `--model tiny` is a random-init model of SmolLM2's architecture scaled down (Llama, tied
 embeddings, SmolLM2's vocabulary, 3:1 grouped-query heads, MLP 8/3 x hidden; 2 layers of 96),
@@ -49,10 +50,12 @@ def step(ids, pos, labels, lens):
         total, k = packed_loss(model, ids, pos, labels, lens, "token", 1024)
     (total / k).backward(); opt.step(); opt.zero_grad()
 step(*row(min(L, 2 * S)))  # warm-up on a short row: allocates AdamW state, first-call costs
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 ids, pos, labels, lens = row(L)
-t = time.perf_counter(); step(ids, pos, labels, lens); dt = time.perf_counter() - t
-print(json.dumps({"len": L, "seconds": dt, "tokens_per_s": L / dt,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+t, c = time.perf_counter(), time.process_time(); step(ids, pos, labels, lens)
+dt, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"len": L, "seconds": dt, "tokens_per_s": L / dt, "tokens_per_cpu_s": L / cpu,
+                  "warmup_rss_mb": base, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 # SmolLM2-135M: hidden 576, MLP 1536, 30 layers, 9 heads / 3 KV heads of 64, vocab 49152, tied
@@ -93,8 +96,9 @@ def main() -> None:
                 print(p.stderr[-2000:])
                 raise SystemExit(1)
             r = res[name, L] = json.loads(p.stdout.strip().splitlines()[-1])
-            print(f"{name:>14} {L:>7} tokens: {r['peak_rss_mb']:8,.0f} MB peak RSS  {r['tokens_per_s']:7.1f} "
-                  f"tokens/s  ({r['seconds']:.1f} s/step)", flush=True)
+            print(f"{name:>14} {L:>7} tokens: {r['peak_rss_mb']:8,.0f} MB peak RSS (+{r['peak_rss_mb'] - r['warmup_rss_mb']:,.0f} "
+                  f"over the warm-up's)  {r['tokens_per_s']:7.1f} tokens/s  {r['tokens_per_cpu_s']:7.1f} tokens/CPU-s  "
+                  f"({r['seconds']:.1f} s/step)", flush=True)
     for name in a.configs:
         for lo, hi in zip(a.lengths, a.lengths[1:]):
             print(f"{name}: RSS({hi // 1024}K)/RSS({lo // 1024}K) = "
