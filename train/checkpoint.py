@@ -4,9 +4,14 @@ OUT/checkpoint/
   model.safetensors     trainable weights (safetensors; tied weights handled)
   optimizer.pt          AdamW state: tensors and numbers only, loaded with weights_only=True
   rng.safetensors       torch RNG state
-  trainer_state.json    step, loader state (epoch, cursor, seed)
+  trainer_state.json    step, loader state (epoch, cursor, seed), parallel mode
   config.json           the resolved training config
 Written to a temp directory, then renamed: a crash never leaves half a checkpoint.
+
+With ``parallel.mode=fsdp`` every process takes part in gathering the full weights and AdamW
+state to rank 0's CPU (``torch.distributed.checkpoint.state_dict``), rank 0 writes the same
+files (``model.safetensors`` holds the full weights; ``optimizer.pt`` is keyed by parameter
+name), and a resume loads them on rank 0 and broadcasts them into the shards.
 """
 
 from __future__ import annotations
@@ -24,17 +29,38 @@ from train.adapters import trainable_state
 
 def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any, step: int,
                     cfg: Any) -> None:
+    def weights(f: Path) -> None:
+        if all(p.requires_grad for p in model.parameters()):
+            save_model(model, str(f))  # handles tied weights
+        else:  # an adapter: only what trains (small)
+            save_file(trainable_state(model), str(f))
+
+    _write(path, weights, opt.state_dict(), loader, step, cfg, "ddp")
+
+
+def save_sharded_checkpoint(path: Path, root: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any, step: int,
+                            cfg: Any, rank: int) -> None:
+    """FSDP: every rank calls this (the gathers are collective); rank 0 writes."""
+    from train.fsdp import full_model_state, full_optim_state
+
+    state, osd = full_model_state(root.model), full_optim_state(root, opt)
+    if rank == 0:
+        _write(path, lambda f: save_file({k: v.contiguous() for k, v in state.items()}, str(f)), osd, loader,
+               step, cfg, "fsdp")
+    torch.distributed.barrier()
+
+
+def _write(path: Path, weights: Any, opt_state: dict[str, Any], loader: Any, step: int, cfg: Any,
+           mode: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    if all(p.requires_grad for p in model.parameters()):
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied weights
-    else:  # an adapter: only what trains (small)
-        save_file(trainable_state(model), str(tmp / "model.safetensors"))
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    weights(tmp / "model.safetensors")
+    torch.save(opt_state, tmp / "optimizer.pt")
     save_file({"torch_rng": torch.get_rng_state()}, str(tmp / "rng.safetensors"))
-    (tmp / "trainer_state.json").write_text(json.dumps({"step": step, "loader": loader.state()}, indent=2) + "\n")
+    state = {"step": step, "loader": loader.state(), "parallel": mode}
+    (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
     (tmp / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
     old = path.with_name(path.name + ".old")
     if path.exists():
@@ -44,7 +70,17 @@ def save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
         shutil.rmtree(old)
 
 
+def _trainer_state(path: Path, mode: str) -> dict[str, Any]:
+    st = json.loads((path / "trainer_state.json").read_text())
+    written = st.get("parallel", "ddp")
+    if written != mode:
+        raise ValueError(f"{path}: checkpoint written with parallel.mode={written}; resume with "
+                         f"--parallel.mode={written}, or start in a new run.out")
+    return st
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any) -> int:
+    st = _trainer_state(path, "ddp")
     if all(p.requires_grad for p in model.parameters()):
         missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     else:
@@ -59,7 +95,27 @@ def load_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimiz
                          "resume with the same model and adapter config, or start in a new run.out")
     opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
     torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
-    st = json.loads((path / "trainer_state.json").read_text())
+    loader.load_state(st["loader"])
+    return int(st["step"])
+
+
+def load_sharded_checkpoint(path: Path, root: torch.nn.Module, opt: torch.optim.Optimizer, loader: Any,
+                            rank: int) -> int:
+    """FSDP: every rank calls this; rank 0 reads the weights and AdamW state and broadcasts them."""
+    from train.fsdp import load_full_model_state, load_full_optim_state, tied_aliases
+
+    st = _trainer_state(path, "fsdp")
+    state = load_file(str(path / "model.safetensors")) if rank == 0 else {}
+    if rank == 0:
+        names = {n for n, _ in root.model.named_parameters()} | {n for n, _ in root.model.named_buffers()}
+        unexpected = sorted(set(state) - names - set(tied_aliases(root.model)))
+        missing = sorted(n for n, _ in root.model.named_parameters() if n not in state)
+        if missing or unexpected:
+            raise ValueError(f"{path}: checkpoint and model differ (missing {missing[:3]}, unexpected "
+                             f"{unexpected[:3]}); resume with the same model, or start in a new run.out")
+    load_full_model_state(root.model, state)
+    load_full_optim_state(root, opt, torch.load(path / "optimizer.pt", weights_only=True) if rank == 0 else {})
+    torch.set_rng_state(load_file(str(path / "rng.safetensors"))["torch_rng"])
     loader.load_state(st["loader"])
     return int(st["step"])
 

@@ -83,6 +83,35 @@ class AdapterCfg:
     gate_init: float = -6.0  # gated memory: initial gate bias (sigmoid(-6) = 0.25 % memory)
 
 
+# ---- memory at length and the multi-process mode (issue 15, items 4-5) ----
+@dataclass
+class MemoryCfg:
+    # > 0: each decoder layer's MLP runs over tiles of this many positions, recomputed per tile
+    # in backward (ALST tiled MLP); 0: off
+    mlp_tile_tokens: int = 0
+    # activations saved for backward go to CPU memory (pinned on CUDA); frees accelerator memory,
+    # changes nothing on a CPU-only run
+    offload_activations: bool = False
+
+
+@dataclass
+class ParallelCfg:
+    # ddp: every process holds the whole model, gradients summed after the step's backward passes;
+    # fsdp: FSDP2 (fully_shard per decoder layer): weights, gradients and AdamW state sharded
+    mode: str = "ddp"
+
+
+def validate_memory_parallel(cfg: TrainConfig) -> None:
+    if cfg.parallel.mode not in ("ddp", "fsdp"):
+        raise ConfigError(f"`parallel.mode` must be one of ddp, fsdp, got {cfg.parallel.mode!r}")
+    if cfg.memory.mlp_tile_tokens < 0:
+        raise ConfigError(f"`memory.mlp_tile_tokens` must be >= 0 (0: off), got {cfg.memory.mlp_tile_tokens}")
+    if cfg.parallel.mode == "fsdp" and cfg.adapter.kind != "none":
+        raise ConfigError(f"`parallel.mode=fsdp` shards full fine-tuning; adapter `{cfg.adapter.kind}` trains a "
+                          "few weights: use --parallel.mode=ddp with adapters")
+# ---- end of the memory / parallel block ----
+
+
 @dataclass
 class TrainConfig:
     model: ModelCfg = field(default_factory=ModelCfg)
@@ -92,6 +121,8 @@ class TrainConfig:
     loss: LossCfg = field(default_factory=LossCfg)
     run: RunCfg = field(default_factory=RunCfg)
     adapter: AdapterCfg = field(default_factory=AdapterCfg)
+    memory: MemoryCfg = field(default_factory=MemoryCfg)
+    parallel: ParallelCfg = field(default_factory=ParallelCfg)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -111,6 +142,7 @@ class TrainConfig:
             if v < 1:
                 raise ConfigError(f"`{key}` must be >= 1, got {v}")
         self._validate_rope()
+        validate_memory_parallel(self)
 
     def _validate_rope(self) -> None:
         m = self.model

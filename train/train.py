@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,9 +17,17 @@ from typing import Any
 import torch
 
 from train.adapters import GatedMemorySpec, add_gated_memory, add_lora
-from train.checkpoint import export_hf, load_checkpoint, save_checkpoint
+from train.checkpoint import (
+    export_hf,
+    load_checkpoint,
+    load_sharded_checkpoint,
+    save_checkpoint,
+    save_sharded_checkpoint,
+)
 from train.config import ConfigError, TrainConfig, apply_overrides, parse_cli_overrides
 from train.data import DataError, Loader, PackedRows, Row
+from train.fsdp import full_model_state, norm_value, shard_model, unsharded_copy
+from train.memory import offload_activations, tile_mlps
 from train.model import (
     check_window,
     fast_bf16,
@@ -58,16 +67,28 @@ def peak_rss_mb() -> float:
 class Dist:
     """torchrun data parallel: each rank runs rows rank, rank+W, ... of every step and the
     gradients are summed over ranks (the loss is already divided by the *global* denominator,
-    so the result equals one process running the whole step)."""
+    so the result equals one process running the whole step). ``ddp``: every rank holds the
+    whole model and one all-reduce sums the gradients after the step's backward passes;
+    ``fsdp``: FSDP2 shards the model and reduce-sums each layer's gradients during backward
+    (train/fsdp.py). FSDP needs a process group even alone: one process gets a 1-rank group."""
 
-    def __init__(self) -> None:
+    def __init__(self, mode: str = "ddp") -> None:
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.on = self.world > 1
-        if self.on and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        self.fsdp = mode == "fsdp"
+        self.on = self.world > 1 or self.fsdp
         local = int(os.environ.get("LOCAL_RANK", "0"))
         self.device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        self.owned = self.on and not torch.distributed.is_initialized()
+        if self.owned:
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            if "MASTER_ADDR" in os.environ:
+                torch.distributed.init_process_group(backend)
+            else:  # one process without torchrun
+                torch.distributed.init_process_group(backend, init_method=f"tcp://127.0.0.1:{_free_port()}",
+                                                     rank=0, world_size=1)
 
     def all_reduce_(self, tensors: list[torch.Tensor]) -> None:
         if not self.on or not tensors:
@@ -80,14 +101,27 @@ class Dist:
             i += t.numel()
 
     def close(self) -> None:
-        if self.on and torch.distributed.is_initialized():
+        if self.owned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any]:
-    dist = Dist()
-    if dist.rank != 0:
-        log = _quiet
+    dist = Dist(cfg.parallel.mode)
+    try:
+        return _train(dist, dirs, cfg, log if dist.rank == 0 else _quiet)
+    finally:
+        dist.close()
+
+
+def _train(dist: Dist, dirs: list[Path], cfg: TrainConfig, log: Any) -> dict[str, Any]:
     out = Path(cfg.run.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.run.seed)
@@ -99,6 +133,10 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     if rows_per_step < dist.world:
         raise ConfigError(f"`batch.tokens_per_step` gives {rows_per_step} row(s) per step, fewer than the "
                           f"{dist.world} processes: raise it to >= {dist.world * rows.seq_len}")
+    if dist.fsdp and rows_per_step % dist.world:
+        raise ConfigError(f"`parallel.mode=fsdp` runs the same number of rows on every process (each forward "
+                          f"gathers weights from all of them); `batch.tokens_per_step` gives {rows_per_step} rows "
+                          f"for {dist.world} processes: make it a multiple of {dist.world * rows.seq_len}")
     log(f"data: {len(rows):,} packed rows of seq_len {rows.seq_len:,} from {len(dirs)} dataset(s), "
         f"fill {rows.fill():.2%} (padding-free: the trainer never pads)")
     log(f"step: {rows_per_step} micro-batch(es) of 1 row over {dist.world} process(es) = "
@@ -109,7 +147,9 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     attention = resolve_attention(cfg.model.attention, dist.device, bf16)
     config = model_config(cfg.model)  # with model.rope_theta / rope_scaling applied
     check_window(config, rows.longest_sample(), cfg.model)
-    model = load_model(cfg.model.path, attention, config=config).to(dist.device)
+    model = load_model(cfg.model.path, attention, config=config)
+    if not dist.fsdp:  # fsdp moves each layer's shard to the device as it shards it
+        model = model.to(dist.device)
     if cfg.model.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     a = cfg.adapter
@@ -117,12 +157,24 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         model = add_lora(model, a.lora_r, a.lora_alpha, a.lora_dropout)
     elif a.kind == "gated_memory":
         model = add_gated_memory(model, GatedMemorySpec(a.memory_slots, a.gate_init), attention)
-    model.to(dist.device).train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    log(f"model: {cfg.model.path} ({sum(p.numel() for p in params) / 1e6:.1f}M trainable params), "
-        f"adapter {a.kind}, attention {attention}, bf16 autocast {bf16}"
-        f"{' (auto)' if cfg.model.autocast_bf16 is None else ''}, "
-        f"device {dist.device}")
+    tiled = tile_mlps(model, cfg.memory.mlp_tile_tokens) if cfg.memory.mlp_tile_tokens else 0
+    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if dist.fsdp:  # bf16 becomes FSDP's parameter dtype (float32 master weights and reduction), not autocast
+        loss_fn: Any = shard_model(model.train(), dist.device, dist.world, bf16)
+        params = [p for p in loss_fn.parameters() if p.requires_grad]
+    else:
+        model.to(dist.device).train()
+        loss_fn = functools.partial(packed_loss, model)
+        params = [p for p in model.parameters() if p.requires_grad]
+    autocast = bf16 and not dist.fsdp
+    log(f"model: {cfg.model.path} ({n_params / 1e6:.1f}M trainable params), "
+        f"adapter {a.kind}, attention {attention}, bf16 {'params (fsdp)' if dist.fsdp else 'autocast'} "
+        f"{bf16}{' (auto)' if cfg.model.autocast_bf16 is None else ''}, device {dist.device}")
+    log(f"parallel: {cfg.parallel.mode} over {dist.world} process(es)"
+        f"{f', each holding 1/{dist.world} of weights, grads and AdamW state' if dist.fsdp else ''}; memory: "
+        f"MLP tiles {f'of {cfg.memory.mlp_tile_tokens:,} tokens ({tiled} layers)' if tiled else 'off'}, "
+        f"activation offload {'on' if cfg.memory.offload_activations else 'off'}"
+        f"{' (no effect on CPU)' if cfg.memory.offload_activations and dist.device.type == 'cpu' else ''}")
     opt = torch.optim.AdamW(params, lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
     if dist.rank == 0:
@@ -131,7 +183,8 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     start_step = 0
     ckpt = out / "checkpoint"
     if cfg.run.resume and (ckpt / "trainer_state.json").is_file():
-        start_step = load_checkpoint(ckpt, model, opt, loader)
+        start_step = (load_sharded_checkpoint(ckpt, loss_fn, opt, loader, dist.rank) if dist.fsdp
+                      else load_checkpoint(ckpt, model, opt, loader))
         log(f"resumed from {ckpt} at step {start_step}")
     log_path = out / "log.jsonl"
     if start_step == 0 and dist.rank == 0:
@@ -139,7 +192,9 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
     history: list[dict[str, Any]] = []
 
     def save(step: int) -> None:
-        if dist.rank == 0:
+        if dist.fsdp:
+            save_sharded_checkpoint(ckpt, loss_fn, opt, loader, step, cfg, dist.rank)
+        elif dist.rank == 0:
             save_checkpoint(ckpt, model, opt, loader, step, cfg)
 
     for step in range(start_step, cfg.run.steps):
@@ -151,18 +206,21 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
             g["lr"] = lr
         stats = torch.zeros(2, dtype=torch.float64, device=dist.device)  # loss sum, tokens
         for row in batch[dist.rank::dist.world]:  # ... and runs its share of the rows
-            with torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=bf16):
-                total, _ = packed_loss(model, row.input_ids.to(dist.device), row.position_ids.to(dist.device),
-                                       row.labels.to(dist.device), row.seq_lens, cfg.loss.weighting,
-                                       cfg.loss.chunk_tokens)
-            (total / denom).backward()
+            with (torch.autocast(dist.device.type, dtype=torch.bfloat16, enabled=autocast),
+                  offload_activations(cfg.memory.offload_activations, dist.device)):
+                total, _ = loss_fn(row.input_ids.to(dist.device), row.position_ids.to(dist.device),
+                                   row.labels.to(dist.device), row.seq_lens, cfg.loss.weighting, cfg.loss.chunk_tokens)
+            (total / denom).backward()  # fsdp: each layer's gradients are reduce-summed here
             stats += torch.tensor([float(total.detach()), row.input_ids.shape[1]], dtype=torch.float64,
                                   device=dist.device)
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-        dist.all_reduce_(grads + [stats])
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
+        if dist.fsdp:
+            dist.all_reduce_([stats])
+        else:
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            dist.all_reduce_(grads + [stats])
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+        grad_norm = norm_value(torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
         dt = time.perf_counter() - t0
@@ -179,18 +237,18 @@ def train(dirs: list[Path], cfg: TrainConfig, log: Any = print) -> dict[str, Any
         if cfg.run.stop_at and step + 1 == cfg.run.stop_at:
             save(step + 1)
             log(f"stopped after step {step + 1} (run.stop_at); rerun the same command to resume")
-            dist.close()
             return {"out": str(out), "checkpoint": str(ckpt), "history": history, "stopped": step + 1}
         if cfg.run.save_every and (step + 1) % cfg.run.save_every == 0 and step + 1 < cfg.run.steps:
             save(step + 1)
     save(cfg.run.steps)
     result: dict[str, Any] = {"out": str(out), "checkpoint": str(ckpt), "history": history}
+    full = full_model_state(model) if dist.fsdp and cfg.run.export else None  # collective
     if dist.rank == 0:
         if cfg.run.export:
-            result["final"] = str(export_hf(model, cfg.model.path, out / "final", cfg.adapter))
+            plain = unsharded_copy(model, full) if full is not None else model
+            result["final"] = str(export_hf(plain, cfg.model.path, out / "final", cfg.adapter))
         plot_losses(log_path, out / "loss.png")
         result["plot"] = str(out / "loss.png")
-    dist.close()
     return result
 
 
