@@ -14,6 +14,7 @@ import urllib.request
 
 import pytest
 
+from lcdata.chat import ChatTokenizer
 from lcdata.engine import Engine, EngineConfig, Request
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,9 @@ def test_http_mode_against_vllm_serve(model_dir, tmp_path):
             if proc.poll() is not None or time.time() > deadline:
                 raise AssertionError("vllm serve did not come up:\n" + (tmp_path / "serve.log").read_text()[-3000:])
             time.sleep(1)
-        eng = Engine(cfg(mode="http", model="smol", base_url=f"http://127.0.0.1:{port}/v1"), tmp_path / "cache")
+        # a served name is not a directory: the build passes its tokenizer to measure prompts with
+        eng = Engine(cfg(mode="http", model="smol", base_url=f"http://127.0.0.1:{port}/v1"), tmp_path / "cache",
+                     tok=ChatTokenizer(model_dir))
         texts = eng.generate(requests()[:1])
         assert set(json.loads(texts[0])) == {"question", "answer"}
         assert eng.calls == 1
