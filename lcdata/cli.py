@@ -175,6 +175,25 @@ def show(
         Console(emoji=False).print(text, highlight=False)
 
 
+@app.command("export-qa")
+def export_qa(
+    dir: Path = typer.Argument(..., help="A built dataset directory."),
+    out: Path = typer.Option(..., "--out", "-o", help="The JSONL file to write (question, answer, context, ...)."),
+    task: list[str] = typer.Option(None, "--task", help="Only these tasks (repeat), e.g. multihop; default: all."),
+    split: str = typer.Option("all", "--split", help="all, train (samples/) or eval (eval/)."),
+) -> None:
+    """Write a dataset's samples that carry a context as a long-QA file for `lcdata eval --qa`
+    (e.g. multi-hop questions built from documents held out of training)."""
+    from lcdata.viewer import export_qa as export
+
+    try:
+        counts = export(dir, out, task or None, split)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"[green]export-qa[/] {out}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                  + f". Next: `lcdata eval MODEL --qa {out} --out EVAL`", highlight=False)
+
+
 @app.command()
 def verify(dir: Path = typer.Argument(..., help="A built dataset directory.")) -> None:
     """Check every output file (shards, samples, eval, contexts, rejects) against the manifest's

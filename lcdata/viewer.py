@@ -300,3 +300,44 @@ def _esc(text: str, markup: bool) -> str:
     from rich.markup import escape
 
     return escape(text)
+
+
+def export_qa(dir_: Path, out: Path, tasks: list[str] | None = None, split: str = "all") -> dict[str, int]:
+    """A built dataset's samples as a long-QA file for ``lcdata eval --qa``: one JSON line per
+    sample that carries its context (``question``, ``answer``, ``context``, plus its evidence
+    depths and first-to-last distance in tokens), so a build over held-out documents becomes
+    an evaluation suite. Returns the count per task."""
+    from lcdata.arrowio import write_text
+    from lcdata.schema import Sample
+
+    dir_ = Path(dir_)
+    m = load_manifest(dir_)
+    if split not in ("all", "train", "eval"):
+        raise ValueError(f"`--split` must be all, train or eval, got {split!r}")
+    names = (m["samples_files"] if split in ("all", "train") else []) + (m["eval_files"] if split in ("all", "eval") else [])
+    files = [str(dir_ / f) for f in names]
+    if not files:
+        raise ValueError(f"{dir_}: the manifest lists no {split} samples files")
+    lf = pl.concat([pl.scan_ipc(f) for f in files])
+    if tasks:
+        present = set(lf.select("task").unique().collect()["task"].to_list())
+        missing = [t for t in tasks if t not in present]
+        if missing:
+            raise ValueError(f"{dir_}: no samples of task {', '.join(missing)}; tasks present: {', '.join(sorted(present))}")
+        lf = lf.filter(pl.col("task").is_in(tasks))
+    lines, counts = [], {}
+    for row in lf.sort("id").collect().iter_rows(named=True):
+        s = Sample.from_row(row)
+        if s.context_message < 0 or not s.question or not s.answer:
+            continue  # closed-book samples (LIFT memorisation, closed-book QA) carry no context
+        ev = sorted(s.evidence, key=lambda e: e.token_start)
+        rec = {"id": s.id, "task": s.task, "question": s.question, "answer": s.answer, "context": s.context_text(),
+               "context_tokens": s.context_tokens, "evidence_depths": [round(e.depth, 4) for e in s.evidence],
+               "evidence_distance_tokens": ev[-1].token_end - ev[0].token_start if ev else None}
+        lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
+        counts[s.task] = counts.get(s.task, 0) + 1
+    if not lines:
+        raise ValueError(f"{dir_}: no sample with a context, a question and an answer to export")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out, "".join(lines))
+    return counts

@@ -431,3 +431,44 @@ def test_each_model_is_evaluated_in_its_own_window(model_dir, tmp_path, monkeypa
     assert (ext["window"], ext["beyond_window"], ext["suites"]["niah"]["n"]) == (2048, 0, 2)
     preds = [json.loads(x) for x in (tmp_path / "eval" / "base" / "predictions.jsonl").read_text().splitlines()]
     assert [p.get("skipped") for p in preds] == [None, "prompt_too_long"]
+
+
+def test_a_built_dataset_exports_as_a_user_qa_suite(small_dataset, model_dir, tmp_path):
+    """`lcdata export-qa`: the samples that carry a context become a `--qa` file whose items hold
+    the sample's own context, question and answer (a build over held-out documents is a suite)."""
+    import polars as pl
+
+    from lcdata.schema import Sample
+    from lcdata.viewer import export_qa
+
+    f = tmp_path / "qa.jsonl"
+    counts = export_qa(small_dataset, f, ["needles"])
+    recs = [json.loads(x) for x in f.read_text().splitlines()]
+    samples = {r["id"]: Sample.from_row(r) for r in
+               pl.concat([pl.read_ipc(p) for p in sorted((small_dataset / "samples").glob("*.arrow"))
+                          + sorted((small_dataset / "eval").glob("*.arrow"))]).filter(pl.col("task") == "needles").to_dicts()}
+    assert counts == {"needles": len(recs)} and len(recs) == len(samples) > 0
+    for r in recs:
+        s = samples[r["id"]]
+        assert (r["question"], r["answer"], r["context"]) == (s.question, s.answer, s.context_text())
+        assert r["evidence_distance_tokens"] >= 0 and len(r["evidence_depths"]) == len(s.evidence)
+    cfg = S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path=str(f), id_field="id", instruction=""))
+    items = S.load_items(S.generate_suite(cfg, model_dir, 8000, tmp_path / "c"))
+    assert [it.id for it in items] == [f"user_qa/{r['id']}" for r in recs]
+    res = aggregate([{"suite": it.suite, "meta": it.meta, "score": score_item(it, it.answers[0])} for it in items])
+    assert res["user_qa"]["contains"] == 1.0 and res["user_qa"]["truncated"] == 0.0
+    with pytest.raises(ValueError, match="no samples of task multihop; tasks present: kv_tracking, needles"):
+        export_qa(small_dataset, tmp_path / "x.jsonl", ["multihop"])
+
+
+def test_cli_export_qa_names_what_it_wrote(small_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from lcdata.cli import app
+
+    r = CliRunner().invoke(app, ["export-qa", str(small_dataset), "--out", str(tmp_path / "q.jsonl"), "--task", "needles"])
+    assert r.exit_code == 0, r.output
+    n = len((tmp_path / "q.jsonl").read_text().splitlines())
+    assert f"needles {n}" in r.output and "lcdata eval MODEL --qa" in r.output
+    bad = CliRunner().invoke(app, ["export-qa", str(small_dataset), "--out", str(tmp_path / "b.jsonl"), "--split", "dev"])
+    assert bad.exit_code == 2 and "`--split` must be all, train or eval" in bad.output
