@@ -396,15 +396,16 @@ _LOCK = threading.Lock()
 INIT_LOCK = threading.RLock()
 
 
-_TOKENIZERS: dict[str, ChatTokenizer] = {}
+_SHARED: dict[str, Any] = {}
 
 
-def _chat_tokenizer(model_dir: str) -> ChatTokenizer:
-    """One ChatTokenizer per model directory and process (engines are made per shard)."""
+def shared(name: str, make: Any) -> Any:
+    """One object per process under ``name`` (a model, a tokenizer: loading costs seconds, and
+    the threads of a build and the engines made per shard share it)."""
     with INIT_LOCK:
-        if model_dir not in _TOKENIZERS:
-            _TOKENIZERS[model_dir] = ChatTokenizer(model_dir)
-        return _TOKENIZERS[model_dir]
+        if name not in _SHARED:
+            _SHARED[name] = make()
+        return _SHARED[name]
 
 
 class PromptTooLong(ValueError):
@@ -429,6 +430,7 @@ class Engine:
         self._backend: Backend | None = backend
         self._tok = tok
         self._own_tok = False
+        self._prompt_tokens: dict[str, int] = {}  # by request key: measured once, checked again in generate
         # Known without starting the backend: a fully cached rerun computes keys only.
         self.model = cfg.model if backend is None else backend.model
         self.calls = 0
@@ -455,7 +457,8 @@ class Engine:
         """The engine model's own tokenizer and chat template (``engine.model`` a local
         directory), else the one given (the build's ``model``)."""
         if not self._own_tok and (Path(self.cfg.model) / "tokenizer.json").is_file():
-            self._tok, self._own_tok = _chat_tokenizer(str(Path(self.cfg.model).resolve())), True
+            d = str(Path(self.cfg.model).resolve())
+            self._tok, self._own_tok = shared(f"tok:{d}", lambda: ChatTokenizer(d)), True
         if self._tok is None:
             raise FileNotFoundError(f"`engine.model` {self.cfg.model} is not a local model directory, so prompts "
                                     "cannot be measured with its tokenizer; pass the build's tokenizer (Engine(tok=))")
@@ -464,8 +467,13 @@ class Engine:
     def prompt_tokens(self, reqs: Sequence[Request]) -> list[int]:
         """Tokens of each request's prompt as the engine sees it: the chat rendering with the
         generation prompt (vLLM's ``LLM.chat`` and ``/v1/chat/completions``)."""
-        tok = self.tokenizer
-        return tok.count([tok.render(r.messages, add_generation_prompt=True) for r in reqs])
+        keys = [self.key(r) for r in reqs]
+        new = {k: r for k, r in zip(keys, reqs, strict=True) if k not in self._prompt_tokens}
+        if new:
+            tok = self.tokenizer
+            counts = tok.count([tok.render(r.messages, add_generation_prompt=True) for r in new.values()])
+            self._prompt_tokens.update(zip(new, counts, strict=True))
+        return [self._prompt_tokens[k] for k in keys]
 
     def too_long(self, reqs: Sequence[Request]) -> list[str | None]:
         """Per request: None when its prompt plus its ``max_tokens`` fits ``max_model_len``, else
@@ -477,6 +485,14 @@ class Engine:
             out.append(None if fits else f"prompt of {n:,} tokens + {budget} output tokens > engine.max_model_len "
                        f"{self.cfg.max_model_len:,}")
         return out
+
+    def generate_fitting(self, reqs: Sequence[Request], who: str = "") -> tuple[list[str | None], list[str | None]]:
+        """``generate`` for the requests that fit the window: outputs in request order (None for
+        one that does not fit, never sent), and per request why not (None when it fits)."""
+        why = self.too_long(reqs)
+        sent = [r for r, w in zip(reqs, why, strict=True) if w is None]
+        outs = iter(self.generate(sent, who) if sent else [])
+        return [None if w else next(outs) for w in why], why
 
     def generate(self, reqs: Sequence[Request], who: str = "") -> list[str]:
         """Outputs in request order; ``who`` (a stage name) is charged the backend's seconds."""

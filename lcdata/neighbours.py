@@ -51,7 +51,8 @@ class StaticEmbedder:
 
 def embedder(name: str) -> Embed:
     """The named embedder, one per process (loading MiniLM costs seconds)."""
-    from lcdata.filters.coherence import Embedder, shared
+    from lcdata.engine import shared
+    from lcdata.filters.coherence import Embedder
 
     if name == "minilm":
         return shared("minilm", Embedder)

@@ -655,3 +655,20 @@ def test_a_summary_section_too_long_for_the_window_is_halved_then_dropped(tok, c
     assert samples == [] and backend.requests == []
     assert lin.to_json()[stage.name] == {"in": 1, "out": 0, "dropped": {"prompt_too_long": 1}}
     assert [(r["reason"], r["record_id"]) for r in sink.rows] == [("prompt_too_long", f"summary:{ctx.id}:0")]
+
+
+def test_generate_fitting_sends_what_fits_and_measures_each_prompt_once(tok, tmp_path, monkeypatch):
+    """`Engine.generate_fitting`: outputs in request order, None (and the reason) for a prompt that
+    does not fit the window, which is never sent; `generate`'s own check reuses the counts."""
+    eng, backend = scripted_engine(lambda r: "ok", tmp_path, tok=tok, max_model_len=256, max_tokens=16)
+    short = Request([{"role": "user", "content": "Hi"}], None, "t", 16)
+    long_ = Request([{"role": "user", "content": "sea bread " * 200}], None, "t", 16)
+    counted: list[int] = []
+    measure = eng.tokenizer  # the engine model's own (a local directory here)
+    real = measure.count
+    monkeypatch.setattr(measure, "count", lambda texts: counted.append(len(texts)) or real(texts))
+    outs, why = eng.generate_fitting([short, long_, short])
+    assert outs == ["ok", None, "ok"] and why[0] is None and why[2] is None
+    assert why[1].startswith("prompt of ") and why[1].endswith("> engine.max_model_len 256")
+    assert [r.messages for r in backend.requests] == [short.messages]  # the long one never sent
+    assert counted == [2]  # two distinct prompts, counted once, not again inside generate

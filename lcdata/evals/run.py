@@ -145,13 +145,12 @@ def generate_predictions(model: Path, suite_dir: Path, out: Path, engine: EvalEn
     eng = Engine(cfg, out.parent / "cache", backend=backend)
     reqs = [Request(messages=it.messages, max_tokens=it.max_tokens, temperature=0.0,
                     template_version=f"eval.v{SUITE_VERSION}.{fp}") for it in items]
-    long = eng.too_long(reqs)
-    preds = iter(eng.generate([r for r, w in zip(reqs, long, strict=True) if not w]))
+    preds, _ = eng.generate_fitting(reqs)
     tmp = out.with_name(f".{out.name}.tmp")
     with tmp.open("w") as f:
-        for it, w in zip(items, long, strict=True):
-            rec = {"id": it.id, "suite": it.suite, "prediction": None, "skipped": "prompt_too_long"} if w else \
-                {"id": it.id, "suite": it.suite, "prediction": next(preds)}
+        for it, pred in zip(items, preds, strict=True):
+            rec = {"id": it.id, "suite": it.suite, "prediction": None, "skipped": "prompt_too_long"} if pred is None \
+                else {"id": it.id, "suite": it.suite, "prediction": pred}
             f.write(json.dumps(rec) + "\n")
     os.replace(tmp, out)
     (out.parent / "model.json").write_text(json.dumps({"path": str(model), "fingerprint": fp, "window": max_model_len,

@@ -21,7 +21,7 @@ import numpy as np
 
 from lcdata.config import CoherenceFilter
 from lcdata.datapkgs import MissingCorpusError, package_dir
-from lcdata.engine import INIT_LOCK
+from lcdata.engine import shared
 from lcdata.schema import Context
 from lcdata.stage import KEEP, Filter, Verdict, reject
 
@@ -66,17 +66,6 @@ class Embedder:
             e = (h * am[..., None]).sum(1) / am.sum(1, keepdim=True).clamp(min=1)
             out.append(torch.nn.functional.normalize(e, dim=-1).numpy())
         return np.concatenate(out) if out else np.zeros((0, 384), np.float32)
-
-
-_SHARED: dict[str, Any] = {}
-
-
-def shared(name: str, make: Any) -> Any:
-    """One model per process (threads of a build share it; loading costs seconds)."""
-    with INIT_LOCK:
-        if name not in _SHARED:
-            _SHARED[name] = make()
-        return _SHARED[name]
 
 
 def pieces(ctx: Context, n_chunks: int) -> list[str]:

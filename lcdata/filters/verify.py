@@ -70,16 +70,13 @@ class VerifyStage(Filter[Sample]):
                                                                 reference=ref[:400], candidate=o[:400])}],
                         MATCH_SCHEMA, MATCH_VERSION, 16, temperature=0.0)
                 for o, (s, ref) in zip(outs, refs, strict=True)]
-        long = self.engine.too_long(reqs)
-        sent = iter(self.engine.generate([r for r, w in zip(reqs, long, strict=True) if not w], who=self.name)
-                    if reqs else [])
+        texts, _ = self.engine.generate_fitting(reqs, who=self.name) if reqs else ([], [])
         out = []
-        for w in long:
-            if w:  # a question and two answers, capped: only a tiny window refuses one
+        for text in texts:
+            if text is None:  # a question and two answers, capped: only a tiny window refuses one
                 self.note("match_prompt_too_long")
                 out.append(0.0)
                 continue
-            text = next(sent)
             try:
                 out.append(1.0 if json.loads(text)["correct"] is True else 0.0)
             except (json.JSONDecodeError, KeyError, TypeError):
@@ -168,16 +165,15 @@ class JudgeStage(Filter[Sample]):
             question=s.question.strip()[:600], answer=s.answer[:600],
             evidence="\n".join(f"- {e.text[:300]}" for e in s.evidence[:6]) or "(none recorded)")}],
             JUDGE_SCHEMA, JUDGE_VERSION, 128, temperature=0.0) for s in todo]
-        long = dict(zip([s.id for s in todo], self.engine.too_long(reqs), strict=True))
-        fit = [(s, r) for s, r in zip(todo, reqs, strict=True) if not long[s.id]]
-        outs = dict(zip([s.id for s, _ in fit], self.engine.generate([r for _, r in fit], who=self.name)
-                        if fit else [], strict=True))
+        texts, whys = self.engine.generate_fitting(reqs, who=self.name) if reqs else ([], [])
+        done = {s.id: (t, w) for s, t, w in zip(todo, texts, whys, strict=True)}
         out = []
         for s in samples:
-            if long.get(s.id):
-                out.append(reject("prompt_too_long", f"{s.id}: the judge's {long[s.id]}; raise engine.max_model_len"))
+            text, why = done.get(s.id, (None, None))
+            if why:
+                out.append(reject("prompt_too_long", f"{s.id}: the judge's {why}; raise engine.max_model_len"))
             else:
-                out.append(self._verdict(s, outs[s.id]) if s.id in outs else KEEP)
+                out.append(self._verdict(s, text) if text is not None else KEEP)
         return out
 
     def _verdict(self, s: Sample, out: str) -> Verdict:

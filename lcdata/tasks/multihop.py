@@ -521,7 +521,8 @@ class MultihopStage(LLMStage):
         """Passages of other documents of the shard most similar (MiniLM cosine) to the evidence
         lines, inserted at line starts right before or after evidence lines, within the
         context's token budget; evidence offsets and parts shift with them."""
-        from lcdata.filters.coherence import Embedder, shared
+        from lcdata.engine import shared
+        from lcdata.filters.coherence import Embedder
 
         n, size = self.cfg.distractors, self.cfg.chunk_chars
         own = {p.doc_id for p in ctx.parts}

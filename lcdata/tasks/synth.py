@@ -297,16 +297,13 @@ class LLMStage(Producer[Context, Sample], Task):
                     yield Planned()
                     yield item
         while pending:
-            reqs = [j.request() for j in pending]
             # measured before sending: a prompt that does not fit the window fails its job (never retried)
-            for j, why in zip(pending, self.engine.too_long(reqs), strict=True):
-                j.too_long = why
-            sent = [r for j, r in zip(pending, reqs, strict=True) if j.too_long is None]
-            outs = iter(self.engine.generate(sent, who=self.name) if sent else [])
+            texts, whys = self.engine.generate_fitting([j.request() for j in pending], who=self.name)
             nxt: list[Job] = []
-            for j in pending:
-                text = "" if j.too_long else next(outs)
-                obj = None if j.too_long else parse_json(text, j.schema)
+            for j, out, why in zip(pending, texts, whys, strict=True):
+                j.too_long = why
+                text = out or ""
+                obj = None if why else parse_json(text, j.schema)
                 if obj is None:
                     if j.attempt < self.cfg.max_retries and not j.too_long:
                         j.attempt += 1
