@@ -106,9 +106,6 @@ def plan_source(src: SourceConfig) -> list[InputShard]:
     return shards
 
 
-TRANSIENT_ERRNOS = fs.TRANSIENT_ERRNOS
-
-
 class ReadStage(Producer[Unit, Document]):
     """Reads units of one source into Documents, in order. The base counts ``in`` (raw
     records: the source's ``Planned`` markers) and ``out`` (documents); unusable records, and
@@ -166,7 +163,7 @@ class ReadStage(Producer[Unit, Document]):
                 except (Exception, RecursionError) as e:  # noqa: BLE001 - reported, not swallowed
                     # not the file's fault (the disk, the network, refused credentials): fail the
                     # shard, a rerun retries it
-                    if fs.is_url(u.path) and (fs.is_network(e) or isinstance(e, PermissionError)):
+                    if fs.is_url(u.path) and fs.not_the_files_fault(e):
                         raise fs.unreachable(u.path, e) from e
                     if fs.is_transient(e):
                         raise

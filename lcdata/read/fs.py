@@ -74,16 +74,22 @@ def unreachable(url: str, e: BaseException) -> RemoteReadError:
                            "the service and the credentials, then rerun the same command (finished shards are kept)")
 
 
+def not_the_files_fault(e: BaseException) -> bool:
+    """A network error or refused credentials (PermissionError) reading a URL: the remote read
+    fails as a ``RemoteReadError`` (the shard fails, a rerun retries) instead of a dropped file."""
+    return is_network(e) or isinstance(e, PermissionError)
+
+
 @contextmanager
 def network_errors(url: str) -> Iterator[None]:
-    """Network errors and refused credentials (PermissionError) as one ``RemoteReadError``
-    naming the URL and what to do."""
+    """Network errors and refused credentials as one ``RemoteReadError`` naming the URL and
+    what to do."""
     try:
         yield
     except RemoteReadError:
         raise
     except Exception as e:
-        if is_network(e) or isinstance(e, PermissionError):
+        if not_the_files_fault(e):
             raise unreachable(url, e) from e
         raise
 
