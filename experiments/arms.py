@@ -104,8 +104,9 @@ def train_config(sp: dict[str, Any], arm: str, heldout_qa: Path) -> dict[str, An
     ]
     short_qa = {"kind": "short_qa", "context_fraction": 1.0, "per_context": 1, "window_tokens": 1024}
     filters: dict[str, Any] = {"coherence": {"enabled": True}, "dedup": {"documents": True, "questions": True},
-                               # the held-out questions and contexts count as evaluation texts
-                               "decontaminate": {"enabled": True, "files": [str(heldout_qa)]}}
+                               # the held-out contexts count as evaluation texts (not the questions: they
+                               # share their templates with every multihop sample, see README Filters)
+                               "decontaminate": {"enabled": True, "files": [str(heldout_qa)], "fields": ["context"]}}
     if arm == "verified":
         filters |= {"evidence": {"min_distance_tokens": 256}, "verify": {"enabled": True, "require_full": False}}
     pack: dict[str, Any] = {"seq_len": 4096, "order": "shuffle"}
@@ -126,7 +127,8 @@ def eval_config(heldout_qa: Path) -> dict[str, Any]:
         "niah": {"lengths": [1024, 2048, 4096], "repeats": 2},
         "multihop": {"length": 4096, "per_distance": 12},
         "squad": {"n": 50}, "counterfactual": {"n": 40},
-        "user_qa": {"path": str(heldout_qa), "id_field": "id", "too_long": "refuse"},
+        # the questions as the training samples ask them (no appended instruction)
+        "user_qa": {"path": str(heldout_qa), "id_field": "id", "instruction": "", "too_long": "refuse"},
     }}
 
 

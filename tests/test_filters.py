@@ -98,6 +98,15 @@ def test_decontamination_with_a_user_file(tok, tmp_path):
     s = qa_sample(tok, ["Fact."], [0.5], "Q?", "A.")
     f, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(bench)])))
     assert list(f.run([s])) == []
+    # `fields`: only the contexts of a QA file count; its templated questions do not
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": line, "meta": {"context": "An unrelated held-out text."}}) + "\n")
+    kept, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)], fields=["context"])))
+    assert [x.id for x in kept.run([s])] == [s.id]
+    dropped, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)])))
+    assert list(dropped.run([s])) == []
+    with pytest.raises(ValueError, match=r"qa.jsonl has no string under the keys \['passage'\]"):
+        DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)], fields=["passage"]))
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{not json\n")
     with pytest.raises(ValueError, match="bad.jsonl:1"):

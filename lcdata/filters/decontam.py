@@ -48,15 +48,17 @@ def ngram_hashes(text: str, n: int) -> np.ndarray:
     return h
 
 
-def _strings(obj: Any) -> Iterator[str]:
+def _strings(obj: Any, fields: frozenset[str] = frozenset(), inside: bool = True) -> Iterator[str]:
+    """Every string value of ``obj``; with ``fields``, only those under one of these keys."""
     if isinstance(obj, str):
-        yield obj
+        if inside:
+            yield obj
     elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _strings(v)
+        for k, v in obj.items():
+            yield from _strings(v, fields, inside or k in fields)
     elif isinstance(obj, list):
         for v in obj:
-            yield from _strings(v)
+            yield from _strings(v, fields, inside)
 
 
 def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
@@ -65,21 +67,32 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
     for src in cfg.sources:
         if src != "lcdata_eval":  # see short_texts
             yield from _strings(json.loads((d / names[src]).read_text()))
+    fields = frozenset(cfg.fields)
     for f in cfg.files:
         p = Path(f)
         if not p.is_file():
             raise FileNotFoundError(f"filters.decontaminate.files: {p} not found; fix the path or remove it")
+        if p.suffix not in (".json", ".jsonl"):
+            yield p.read_text(errors="replace")
+            continue
+        found = 0
         if p.suffix == ".jsonl":
             for i, line in enumerate(p.read_text().splitlines()):
                 if line.strip():
                     try:
-                        yield from _strings(json.loads(line))
+                        obj = json.loads(line)
                     except json.JSONDecodeError as e:
                         raise ValueError(f"{p}:{i + 1}: not JSON ({e}); fix the line or use a .txt file") from None
-        elif p.suffix == ".json":
-            yield from _strings(json.loads(p.read_text()))
+                    for t in _strings(obj, fields, not fields):
+                        found += 1
+                        yield t
         else:
-            yield p.read_text(errors="replace")
+            for t in _strings(json.loads(p.read_text()), fields, not fields):
+                found += 1
+                yield t
+        if fields and not found:
+            raise ValueError(f"filters.decontaminate: {p} has no string under the keys {sorted(fields)} of "
+                             "`decontaminate.fields`; name keys the file has, or leave `fields` empty (every string)")
 
 
 def short_texts(cfg: DecontamFilter) -> Iterator[str]:
@@ -102,7 +115,7 @@ class EvalIndex:
 
     @classmethod
     def build(cls, cfg: DecontamFilter) -> EvalIndex:
-        key = hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, [
+        key = hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, sorted(cfg.fields), [
             (f, os.path.getmtime(f), os.path.getsize(f)) for f in cfg.files if Path(f).is_file()]]).encode()).hexdigest()[:16]
         cache = Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata")) / "decontam" / f"{key}.npz"
         if cache.is_file():
