@@ -77,24 +77,33 @@ def sources(part: dict[str, list[str]]) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------ the build configs
-ENGINE = {"model": MODEL, "max_model_len": 8192, "kv_cache_gib": 2, "max_tokens": 384}
 MULTIHOP = {"kind": "multihop", "min_context_tokens": 2048, "chunk_chars": 800, "candidates": 3}
 
 
-def heldout_config(sp: dict[str, Any]) -> dict[str, Any]:
+class Scale:
+    """What a bigger rerun changes: the base model, the row length (= the long bucket and the
+    longest eval prompt) and the engine's KV cache. The defaults are the 2-CPU-core run."""
+
+    def __init__(self, model: str = MODEL, seq_len: int = 4096, kv_cache_gib: float = 2) -> None:
+        self.model, self.seq_len = model, seq_len
+        self.engine = {"model": model, "max_model_len": max(8192, seq_len), "kv_cache_gib": kv_cache_gib,
+                       "max_tokens": 384}
+
+
+def heldout_config(sp: dict[str, Any], sc: Scale) -> dict[str, Any]:
     """Composed multi-hop over the held-out documents only, checked like the training data."""
     return {
-        "name": "arms-heldout", "seed": 1, "model": MODEL, "sources": sources(sp["heldout"]),
-        "assemble": {"buckets": [4096], "reserve_tokens": 256},
+        "name": "arms-heldout", "seed": 1, "model": sc.model, "sources": sources(sp["heldout"]),
+        "assemble": {"buckets": [sc.seq_len], "reserve_tokens": 256},
         "tasks": [{**MULTIHOP, "context_fraction": 1.0}],
         "filters": {"coherence": {"enabled": True}, "dedup": {"documents": True, "questions": True},
                     "decontaminate": {"enabled": True}, "evidence": {"min_distance_tokens": 512},
                     "verify": {"enabled": True, "require_full": False}},
-        "engine": ENGINE, "pack": {"seq_len": 4096}, "shard": {"max_tokens": 1_000_000},
+        "engine": sc.engine, "pack": {"seq_len": sc.seq_len}, "shard": {"max_tokens": 1_000_000},
     }
 
 
-def train_config(sp: dict[str, Any], arm: str, heldout_qa: Path) -> dict[str, Any]:
+def train_config(sp: dict[str, Any], arm: str, heldout_qa: Path, sc: Scale) -> dict[str, Any]:
     long_tasks = [
         {"kind": "needles", "n_needles": 4, "n_queried": 2},
         {"kind": "kv_tracking", "chain_len": 4},
@@ -109,23 +118,25 @@ def train_config(sp: dict[str, Any], arm: str, heldout_qa: Path) -> dict[str, An
                                "decontaminate": {"enabled": True, "files": [str(heldout_qa)], "fields": ["context"]}}
     if arm == "verified":
         filters |= {"evidence": {"min_distance_tokens": 256}, "verify": {"enabled": True, "require_full": False}}
-    pack: dict[str, Any] = {"seq_len": 4096, "order": "shuffle"}
+    pack: dict[str, Any] = {"seq_len": sc.seq_len, "order": "shuffle"}
     # every arm assembles the same contexts, so `short`'s QA windows are the other arms' too
-    buckets = {"buckets": [1024, 4096], "bucket_weights": [1, 2], "reserve_tokens": 256}
+    buckets = {"buckets": [1024, sc.seq_len], "bucket_weights": [1, 2], "reserve_tokens": 256}
     if arm == "short":
         tasks = [short_qa]
     else:
         tasks = [*long_tasks, short_qa]
         pack["short_token_ratio"] = 0.3
-    return {"name": f"arms-{arm}", "seed": 0, "model": MODEL, "sources": sources(sp["train"]), "assemble": buckets,
-            "tasks": tasks, "filters": filters, "engine": ENGINE, "pack": pack, "shard": {"max_tokens": 1_000_000}}
+    return {"name": f"arms-{arm}", "seed": 0, "model": sc.model, "sources": sources(sp["train"]),
+            "assemble": buckets, "tasks": tasks, "filters": filters, "engine": sc.engine, "pack": pack,
+            "shard": {"max_tokens": 1_000_000}}
 
 
-def eval_config(heldout_qa: Path) -> dict[str, Any]:
+def eval_config(heldout_qa: Path, sc: Scale) -> dict[str, Any]:
+    lengths = [n for n in (1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072) if n <= sc.seq_len]
     return {"size": "full", "suite": {
         "suites": ["niah", "multihop", "squad", "counterfactual", "user_qa"],
-        "niah": {"lengths": [1024, 2048, 4096], "repeats": 2},
-        "multihop": {"length": 4096, "per_distance": 12},
+        "niah": {"lengths": lengths, "repeats": 2},
+        "multihop": {"length": sc.seq_len, "per_distance": 12},
         "squad": {"n": 50}, "counterfactual": {"n": 40},
         # the questions as the training samples ask them (no appended instruction)
         "user_qa": {"path": str(heldout_qa), "id_field": "id", "instruction": "", "too_long": "refuse"},
@@ -304,7 +315,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "arms")
     ap.add_argument("--seeds", default="0,1", help="training seeds per trained arm, comma-separated")
-    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run (4,096 tokens each)")
+    ap.add_argument("--steps", type=int, default=24, help="optimizer steps per run")
+    ap.add_argument("--model", default=MODEL, help="the base model directory (prepared Hugging Face format)")
+    ap.add_argument("--seq-len", type=int, default=4096, help="row length = the long bucket and longest eval prompt")
+    ap.add_argument("--tokens-per-step", type=int, default=0, help="tokens per optimizer step (default: --seq-len)")
+    ap.add_argument("--kv-cache-gib", type=float, default=2, help="the engine's KV cache (GPU: tens of GiB)")
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--adapter", default="none", choices=["none", "lora"], help="full fine-tuning or LoRA")
     ap.add_argument("--split-seed", type=int, default=0)
@@ -323,6 +338,7 @@ def main() -> None:
         print(report(out, labels))
         return
     lc = str(BIN / "lcdata")
+    sc = Scale(a.model, a.seq_len, a.kv_cache_gib)
     steps = Steps(out)
 
     sp_file = out / "split.json"
@@ -334,7 +350,7 @@ def main() -> None:
     # 1. held-out multi-hop, exported as a long-QA file (the eval's user_qa suite)
     cfgs = out / "configs"
     heldout_qa = out / "heldout_qa.jsonl"
-    steps.run("build_heldout", [lc, "build", str(write_yaml(cfgs / "heldout.yaml", heldout_config(sp))),
+    steps.run("build_heldout", [lc, "build", str(write_yaml(cfgs / "heldout.yaml", heldout_config(sp, sc))),
                                 "--out", str(out / "builds" / "heldout")])
     steps.run("export_heldout", [lc, "export-qa", str(out / "builds" / "heldout"), "--out", str(heldout_qa),
                                  "--task", "multihop"])
@@ -346,21 +362,22 @@ def main() -> None:
         if arm != "verified" and "verified" in arms and not (out / ".done" / f"build_{arm}").exists():
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(out / "builds" / "verified" / "cache", dest / "cache")
-        steps.run(f"build_{arm}", [lc, "build", str(write_yaml(cfgs / f"{arm}.yaml", train_config(sp, arm, heldout_qa))),
+        steps.run(f"build_{arm}", [lc, "build", str(write_yaml(cfgs / f"{arm}.yaml", train_config(sp, arm, heldout_qa, sc))),
                                    "--out", str(dest)])
         steps.run(f"inspect_{arm}", [lc, "inspect", str(dest)])
 
     # 3. training: same budget, schedule and seeds for every arm
-    for arm in arms:
-        for s in seeds:
+    for s in seeds:  # seed by seed: a run cut short by the budget has every arm of its first seeds
+        for arm in arms:
             steps.run(f"train_{arm}_s{s}", [
                 lc, "train", str(out / "builds" / arm), f"--run.out={out / 'train' / f'{arm}_s{s}'}",
-                f"--run.steps={a.steps}", "--batch.tokens_per_step=4096", f"--optim.lr={a.lr}",
+                f"--run.steps={a.steps}", f"--batch.tokens_per_step={a.tokens_per_step or a.seq_len}", f"--optim.lr={a.lr}",
                 "--optim.warmup_steps=3", f"--run.seed={s}", f"--data.seed={s}", f"--adapter.kind={a.adapter}"])
 
     # 4. one eval over every model: the suite is generated once, each model in its own process
-    models = [f"base={MODEL}"] + [f"{lab}={out / 'train' / lab / 'final'}" for arm in arms for lab in labels[arm]]
-    steps.run("eval", [lc, "eval", *models, "--config", str(write_yaml(cfgs / "eval.yaml", eval_config(heldout_qa))),
+    models = [f"base={sc.model}"] + [f"{lab}={out / 'train' / lab / 'final'}" for arm in arms for lab in labels[arm]]
+    # named by its models: a rerun with more seeds evaluates again (finished models are cached)
+    steps.run("eval_" + "-".join(f"s{s}" for s in seeds), [lc, "eval", *models, "--config", str(write_yaml(cfgs / "eval.yaml", eval_config(heldout_qa, sc))),
                        "--out", str(out / "eval")])
     text = report(out, labels)
     total = sum(v["seconds"] for v in steps.times.values())
