@@ -305,8 +305,8 @@ def _esc(text: str, markup: bool) -> str:
 def export_qa(dir_: Path, out: Path, tasks: list[str] | None = None, split: str = "all") -> dict[str, int]:
     """A built dataset's samples as a long-QA file for ``lcdata eval --qa``: one JSON line per
     sample that carries its context (``question``, ``answer``, ``context``, plus its evidence
-    depths and first-to-last distance in tokens), so a build over held-out documents becomes
-    an evaluation suite. Returns the count per task."""
+    depths and first-to-last distance in tokens, and a composed sample's ``parts``: its atoms'
+    answers), so a build over held-out documents becomes an evaluation suite. Returns the count per task."""
     from lcdata.arrowio import write_text
     from lcdata.schema import Sample
 
@@ -334,6 +334,8 @@ def export_qa(dir_: Path, out: Path, tasks: list[str] | None = None, split: str 
         rec = {"id": s.id, "task": s.task, "question": s.question, "answer": s.answer, "context": s.context_text(),
                "context_tokens": s.context_tokens, "evidence_depths": [round(e.depth, 4) for e in s.evidence],
                "evidence_distance_tokens": ev[-1].token_end - ev[0].token_start if ev else None}
+        if s.meta.get("atoms"):  # a composed answer's parts, scored one by one (`user_qa`'s `parts`)
+            rec["parts"] = [a["answer"] for a in s.meta["atoms"]]
         lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
         counts[s.task] = counts.get(s.task, 0) + 1
     if not lines:

@@ -461,6 +461,55 @@ def test_a_built_dataset_exports_as_a_user_qa_suite(small_dataset, model_dir, tm
         export_qa(small_dataset, tmp_path / "x.jsonl", ["multihop"])
 
 
+def test_user_qa_scores_a_composed_answers_parts_one_by_one(model_dir, tmp_path):
+    """A multi-hop answer composed of parts ("Step 1: French. Step 2: wonders.") is out of reach
+    verbatim; `parts` is the fraction of its parts the prediction names. A part the question holds
+    is not scored (an echo of the question would find it); a record without parts scores `contains`."""
+    recs = [{"id": "a", "question": "Which two words are missing: what the king saw and who saw it?",
+             "answer": "Step 1: French. Step 2: wonders.", "parts": ["French", "wonders", "king"], "context": "..."},
+            {"id": "b", "question": "Who?", "answer": "Ann", "context": "Ann was here."}]
+    f = tmp_path / "qa.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    cfg = S.SuiteConfig(suites=["user_qa"], user_qa=S.UserQASuite.Config(path=str(f), id_field="id"))
+    a, b = S.load_items(S.generate_suite(cfg, model_dir, 8000, tmp_path / "c"))
+    assert a.meta["parts"] == ["French", "wonders"] and "parts" not in b.meta
+    got = [score_item(a, "The French, I think."), score_item(a, "french ... Wonders"), score_item(a, "The king."),
+           score_item(b, "It was Ann."), score_item(b, "Bob")]
+    assert [(s["contains"], s["parts"]) for s in got] == [(0.0, 0.5), (0.0, 1.0), (0.0, 0.0), (1.0, 1.0), (0.0, 0.0)]
+    res = aggregate([{"suite": "user_qa", "meta": it.meta, "score": s} for it, s in zip([a, a, b], got[:2] + got[3:4], strict=True)])
+    assert res["user_qa"]["parts"] == pytest.approx(2.5 / 3, abs=1e-3) and res["user_qa"]["by_length"][0]["parts"] == res["user_qa"]["parts"]
+    f.write_text(json.dumps(recs[0] | {"parts": ["French", ""]}) + "\n")
+    with pytest.raises(ValueError, match=r"qa.jsonl line 1: `parts` must be a non-empty list of non-empty strings"):
+        S.generate_suite(cfg, model_dir, 8000, tmp_path / "c")
+
+
+def test_export_qa_writes_a_composed_samples_parts(small_dataset, tmp_path):
+    """A sample whose meta lists its atoms (a composed multi-hop sample) exports their answers as
+    `parts`, in the atoms' (document) order; other samples have none."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.ipc as ipc
+
+    from lcdata.viewer import export_qa
+
+    d = tmp_path / "ds"
+    shutil.copytree(small_dataset, d)
+    f = sorted((d / "samples").glob("*.arrow"))[0]
+    with pa.memory_map(str(f)) as src:
+        table = ipc.open_file(src).read_all()
+    rows = table.to_pylist()
+    i = next(j for j, r in enumerate(rows) if r["task"] == "needles")
+    meta = json.loads(rows[i]["meta"]) | {"atoms": [{"answer": "one", "question": "q1"}, {"answer": "two", "question": "q2"}]}
+    rows[i]["meta"] = json.dumps(meta)
+    with ipc.new_file(str(f), table.schema) as w:
+        w.write_table(pa.Table.from_pylist(rows, schema=table.schema))
+    export_qa(d, tmp_path / "qa.jsonl", ["needles"])
+    recs = {r["id"]: r for r in map(json.loads, (tmp_path / "qa.jsonl").read_text().splitlines())}
+    assert recs[rows[i]["id"]]["parts"] == ["one", "two"]
+    assert [r for k, r in recs.items() if "parts" in r and k != rows[i]["id"]] == []
+
+
 def test_cli_export_qa_names_what_it_wrote(small_dataset, tmp_path):
     from typer.testing import CliRunner
 

@@ -542,11 +542,14 @@ class LiftSuite(QASuite):
 class UserQASuite(QASuite):
     """The user's own long QA: (question, answer, context) records from a JSONL or Parquet file
     (e.g. a benchmark with 70K-115K-token contexts), scored like ``multihop``. A context longer
-    than the window is handled by ``too_long``, and every item records what was done."""
+    than the window is handled by ``too_long``, and every item records what was done. A record
+    whose answer is composed of parts (``export-qa`` writes a multi-hop sample's atom answers as
+    ``parts``) also scores ``parts``: the fraction of them found in the prediction, since the
+    whole composed answer verbatim is out of reach of most models."""
 
     name = "user_qa"
     primary = "contains"
-    summary = ("contains", "f1", "truncated")
+    summary = ("contains", "f1", "parts", "truncated")
 
     class Config(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -554,6 +557,8 @@ class UserQASuite(QASuite):
         question_field: str = "question"
         answer_field: str = Field("answer", description="A string, or a list of accepted strings.")
         context_field: str = "context"
+        parts_field: str = Field("parts", description="An optional list of the answer's parts, each scored "
+                                 "on its own (`parts`); a record without it scores `parts` as `contains`.")
         id_field: str | None = Field(None, description="Record ids for the predictions; default: the row number.")
         n: int | None = Field(None, ge=1, description="A seeded sample of this many records; None: all.")
         instruction: str = Field(" Answer with a few words only.", description="Appended to each question.")
@@ -594,6 +599,10 @@ class UserQASuite(QASuite):
                 if not isinstance(r, dict) or r.get(f) in (None, "", []):
                     raise ValueError(f"user_qa: {w}: no `{f}`; fix the record or set `suite.user_qa.{setting}` "
                                      f"(its fields: {', '.join(r) if isinstance(r, dict) else type(r).__name__})")
+            parts = r.get(cfg.parts_field)
+            if parts is not None and not (isinstance(parts, list) and parts and all(isinstance(x, str) and x.strip() for x in parts)):
+                raise ValueError(f"user_qa: {w}: `{cfg.parts_field}` must be a non-empty list of non-empty strings "
+                                 f"(the answer's parts), got {parts!r}; fix the record or drop the field")
             r["_where"] = w
         return rows
 
@@ -628,10 +637,20 @@ class UserQASuite(QASuite):
                 if cfg.too_long == "truncate":
                     msgs, n, cut = cls.truncate_middle(tok, ctx, q, window)
             rid = str(r[cfg.id_field]) if cfg.id_field else str(i)
+            # a part the question itself holds would be found in an echo of the question: not scored
+            parts = [p.strip() for p in r.get(cfg.parts_field) or [] if not contains(q, p)]
             yield EvalItem(id=f"user_qa/{rid}", suite=cls.name, messages=msgs, answers=answers,
                            max_tokens=cfg.max_answer_tokens,
                            meta={"context_tokens": tok.count([ctx])[0], "prompt_tokens": n, "truncated_tokens": cut,
-                                 "too_long": cfg.too_long if cut or n > window else ""})
+                                 "too_long": cfg.too_long if cut or n > window else ""}
+                           | ({"parts": parts} if parts else {}))
+
+    @classmethod
+    def score(cls, item: EvalItem, pred: str) -> dict[str, Any]:
+        s = qa_scores(pred, item.answers)
+        parts = item.meta.get("parts")
+        s["parts"] = sum(contains(pred, p) for p in parts) / len(parts) if parts else s["contains"]
+        return s
 
     @classmethod
     def truncate_middle(cls, tok: ChatTokenizer, ctx: str, q: str, window: int) -> tuple[list[dict[str, str]], int, int]:
@@ -664,6 +683,7 @@ class UserQASuite(QASuite):
                 res["by_length"].append({"min_tokens": lo, "max_tokens": hi, "n": len(v),
                                          "contains": mean([x["score"]["contains"] for x in v]),
                                          "f1": mean([x["score"]["f1"] for x in v]),
+                                         "parts": mean([x["score"]["parts"] for x in v]),
                                          "truncated": mean([float(x["meta"]["truncated_tokens"] > 0) for x in v])})
         return res
 
