@@ -76,9 +76,14 @@ def split(seed: int, heldout_plays: int, train_plays: int, heldout_pkgs: int, tr
 
 
 def sources(part: dict[str, list[str]]) -> list[dict[str, Any]]:
-    return [{"name": "shakespeare", "kind": "shakespeare", "include": part["plays"], "docs_per_shard": 5},
-            {"name": "stdlib", "kind": "python_stdlib", "include": [f"{p}/*" for p in part["packages"]],
-             "docs_per_shard": 40}]
+    # a side with no plays (or packages) has no such source: an empty `include` means "all"
+    out = []
+    if part["plays"]:
+        out.append({"name": "shakespeare", "kind": "shakespeare", "include": part["plays"], "docs_per_shard": 5})
+    if part["packages"]:
+        out.append({"name": "stdlib", "kind": "python_stdlib", "include": [f"{p}/*" for p in part["packages"]],
+                    "docs_per_shard": 40})
+    return out
 
 
 # ------------------------------------------------------------------ the build configs
@@ -213,7 +218,9 @@ def item_metrics(suite: str, rec: dict[str, Any]) -> list[tuple[str, float]]:
     if suite == "counterfactual":
         if rec["meta"]["mode"] == "closed":
             return [("closed_book", float(s["memory"]))]
-        return [("follows_context", float(s["class"] == "context"))]
+        # over all facts (the suite's `follows_context_all`): the suite's `follows_context` counts
+        # only the facts each model knows closed-book, a different item set per model, not pairable
+        return [("follows_context_all", float(s["class"] == "context"))]
     return []
 
 
@@ -231,6 +238,19 @@ def arm_items(eval_dir: Path, labels: list[str]) -> dict[tuple[str, str], dict[s
 def paired(a: dict[str, float], b: dict[str, float], n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
     ids = sorted(set(a) & set(b))
     return bootstrap([a[i] - b[i] for i in ids], n, seed)
+
+
+def sign_test(a: dict[str, float], b: dict[str, float]) -> tuple[int, int, float]:
+    """Items where ``a`` beats ``b``, where it loses, and the two-sided exact sign test p (ties
+    left out): with few non-zero items a percentile bootstrap is too optimistic."""
+    ids = set(a) & set(b)
+    better = sum(a[i] > b[i] for i in ids)
+    worse = sum(a[i] < b[i] for i in ids)
+    n = better + worse
+    if n == 0:
+        return 0, 0, 1.0
+    tail = sum(math.comb(n, k) for k in range(min(better, worse) + 1)) / 2 ** n
+    return better, worse, min(1.0, 2 * tail)
 
 
 def fmt(t: tuple[float, float, float]) -> str:
@@ -264,6 +284,17 @@ def report(out: Path, arms: dict[str, list[str]]) -> str:
             res["differences"].setdefault("/".join(k), {})[f"{a}-{b}"] = list(t)
             star = "*" if not math.isnan(t[0]) and (t[1] > 0 or t[2] < 0) else ""
             cells.append(f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]{star}" if not math.isnan(t[0]) else "n/a")
+        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
+    lines += ["", "Items better / worse and the exact two-sided sign test p (ties left out):", "",
+              "| suite | metric | " + " | ".join(f"{a} vs {b}" for a, b in pairs) + " |",
+              "|---|---|" + "---|" * len(pairs)]
+    res["sign_tests"] = {}
+    for k in keys:
+        cells = []
+        for a, b in pairs:
+            bt, wt, pv = sign_test(data[a].get(k, {}), data[b].get(k, {}))
+            res["sign_tests"].setdefault("/".join(k), {})[f"{a}-{b}"] = [bt, wt, pv]
+            cells.append(f"{bt} / {wt}, p={pv:.3g}")
         lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
     lines += ["", *heldout_breakdown(out, data)]
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -347,6 +378,7 @@ def main() -> None:
     for x in arms:
         if x not in ARMS:
             sys.exit(f"--arms: unknown arm {x!r}; the arms are {', '.join(ARMS)}")
+    arms = [x for x in ARMS if x in arms]
     labels = {"base": ["base"]} | {arm: [f"{arm}_s{s}" for s in seeds] for arm in arms}
     if a.report_only:
         print(report(out, labels))
@@ -354,6 +386,17 @@ def main() -> None:
     lc = str(BIN / "lcdata")
     sc = Scale(a.model, a.seq_len, a.kv_cache_gib, a.verify_full)
     steps = Steps(out)
+    # what the finished steps were made with: a rerun must match it (more seeds or arms may be added)
+    settings = {k: getattr(a, k) for k in ("model", "seq_len", "tokens_per_step", "lr", "steps", "adapter", "verify_full")}
+    st_file = out / "settings.json"
+    if not st_file.is_file():
+        st_file.write_text(json.dumps(settings, indent=2) + "\n")
+    done = json.loads(st_file.read_text())
+    diff = {k: (done.get(k), v) for k, v in settings.items() if done.get(k) != v}
+    if diff:
+        sys.exit(f"{st_file}: this run was made with other settings ("
+                 + ", ".join(f"--{k.replace('_', '-')} {old} here, {new} now" for k, (old, new) in diff.items())
+                 + "); rerun with the recorded ones, or give another --out")
 
     try:
         (hp, tp), (hk, tk) = ([int(x) for x in v.split(",")] for v in (a.plays, a.packages))
@@ -379,11 +422,15 @@ def main() -> None:
 
     # 2. training builds; `unfiltered` and `short` start from `verified`'s request cache: the same
     # generations, so the arms differ only in what is kept
-    for arm in arms:
+    for arm in arms:  # in ARMS order: verified first, its cache is the others' start
         dest = out / "builds" / arm
-        if arm != "verified" and "verified" in arms and not (out / ".done" / f"build_{arm}").exists():
-            shutil.rmtree(dest, ignore_errors=True)
-            shutil.copytree(out / "builds" / "verified" / "cache", dest / "cache")
+        if arm != "verified" and not (out / ".done" / f"build_{arm}").exists():
+            if (out / ".done" / "build_verified").exists():
+                shutil.rmtree(dest, ignore_errors=True)
+                shutil.copytree(out / "builds" / "verified" / "cache", dest / "cache")
+            else:
+                print(f"note: no finished `verified` build in {out}: `{arm}` generates its own samples, "
+                      "not the same ones (run verified first for the paired design)", flush=True)
         steps.run(f"build_{arm}", [lc, "build", str(write_yaml(cfgs / f"{arm}.yaml", train_config(sp, arm, heldout_qa, sc))),
                                    "--out", str(dest)])
         steps.run(f"inspect_{arm}", [lc, "inspect", str(dest)])
@@ -398,8 +445,8 @@ def main() -> None:
 
     # 4. one eval over every model: the suite is generated once, each model in its own process
     models = [f"base={sc.model}"] + [f"{lab}={out / 'train' / lab / 'final'}" for arm in arms for lab in labels[arm]]
-    # named by its models: a rerun with more seeds evaluates again (finished models are cached)
-    steps.run("eval_" + "-".join(f"s{s}" for s in seeds), [lc, "eval", *models, "--config", str(write_yaml(cfgs / "eval.yaml", eval_config(heldout_qa, sc))),
+    # named by its models: a rerun with more seeds or arms evaluates again (finished models are cached)
+    steps.run("eval_" + "-".join(lab for arm in arms for lab in labels[arm]), [lc, "eval", *models, "--config", str(write_yaml(cfgs / "eval.yaml", eval_config(heldout_qa, sc))),
                        "--out", str(out / "eval")])
     text = report(out, labels)
     total = sum(v["seconds"] for v in steps.times.values())

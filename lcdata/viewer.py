@@ -306,7 +306,9 @@ def export_qa(dir_: Path, out: Path, tasks: list[str] | None = None, split: str 
     """A built dataset's samples as a long-QA file for ``lcdata eval --qa``: one JSON line per
     sample that carries its context (``question``, ``answer``, ``context``, plus its evidence
     depths and first-to-last distance in tokens, and a composed sample's ``parts``: its atoms'
-    answers), so a build over held-out documents becomes an evaluation suite. Returns the count per task."""
+    answers), so a build over held-out documents becomes an evaluation suite. Samples the
+    whole-build filters dropped (``rejects/_build.arrow``: near-duplicate questions, depth
+    rebalancing) are left out, as the build left them out. Returns the count per task."""
     from lcdata.arrowio import write_text
     from lcdata.schema import Sample
 
@@ -319,6 +321,9 @@ def export_qa(dir_: Path, out: Path, tasks: list[str] | None = None, split: str 
     if not files:
         raise ValueError(f"{dir_}: the manifest lists no {split} samples files")
     lf = pl.concat([pl.scan_ipc(f) for f in files])
+    dropped = dir_ / "rejects" / "_build.arrow"
+    if dropped.is_file():
+        lf = lf.filter(~pl.col("id").is_in(pl.read_ipc(dropped, columns=["record_id"])["record_id"].to_list()))
     if tasks:
         present = set(lf.select("task").unique().collect()["task"].to_list())
         missing = [t for t in tasks if t not in present]

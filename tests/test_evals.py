@@ -504,10 +504,20 @@ def test_export_qa_writes_a_composed_samples_parts(small_dataset, tmp_path):
     rows[i]["meta"] = json.dumps(meta)
     with ipc.new_file(str(f), table.schema) as w:
         w.write_table(pa.Table.from_pylist(rows, schema=table.schema))
-    export_qa(d, tmp_path / "qa.jsonl", ["needles"])
+    # a sample the whole-build filters dropped (a near-duplicate question) is not exported
+    from lcdata.stage import RejectSink
+
+    gone = next(r["id"] for j, r in enumerate(rows) if r["task"] == "needles" and j != i)
+    sink = RejectSink(d / "rejects" / "_build.arrow")
+    sink.add("dedup_questions", "duplicate_question", "near-duplicate", gone, "")
+    sink.close()
+    counts = export_qa(d, tmp_path / "qa.jsonl", ["needles"])
     recs = {r["id"]: r for r in map(json.loads, (tmp_path / "qa.jsonl").read_text().splitlines())}
     assert recs[rows[i]["id"]]["parts"] == ["one", "two"]
     assert [r for k, r in recs.items() if "parts" in r and k != rows[i]["id"]] == []
+    every = [r for f in sorted((d / "samples").glob("*.arrow")) + sorted((d / "eval").glob("*.arrow"))
+             for r in ipc.open_file(str(f)).read_all().to_pylist() if r["task"] == "needles"]
+    assert gone not in recs and counts["needles"] == len(recs) == len(every) - 1
 
 
 def test_cli_export_qa_names_what_it_wrote(small_dataset, tmp_path):

@@ -32,6 +32,10 @@ def test_split_is_seeded_and_keeps_held_out_documents_out_of_training(arms):
                                       "problems/troilus-and-cressida.md"], "packages": ["html", "tomllib", "urllib"]}
     with pytest.raises(SystemExit, match="at most 38 plays and 14 packages"):
         arms.split(0, 30, 9, 3, 4)
+    # a side without plays has no Shakespeare source at all (an empty `include` would mean all)
+    no_plays = arms.split(0, 0, 4, 3, 4)
+    assert [s["kind"] for s in arms.sources(no_plays["heldout"])] == ["python_stdlib"]
+    assert [s["kind"] for s in arms.sources(no_plays["train"])] == ["shakespeare", "python_stdlib"]
 
 
 def test_every_config_it_writes_is_valid(arms, tmp_path):
@@ -44,10 +48,17 @@ def test_every_config_it_writes_is_valid(arms, tmp_path):
     for sc in (arms.Scale(), arms.Scale("models/x", 32768, 40, require_full=True)):
         held = parse_config(arms.heldout_config(sp, sc))
         assert held.filters.verify.enabled and held.filters.verify.require_full == sc.verify["require_full"]
-        cfgs = {arm: parse_config(arms.train_config(sp, arm, qa, sc)) for arm in arms.ARMS}
+        raw = {arm: arms.train_config(sp, arm, qa, sc) for arm in arms.ARMS}
+        cfgs = {arm: parse_config(c) for arm, c in raw.items()}
         assert cfgs["verified"].filters.verify.enabled and not cfgs["unfiltered"].filters.verify.enabled
         assert cfgs["verified"].filters.evidence.min_distance_tokens == 256
-        assert cfgs["unfiltered"].filters.evidence.min_distance_tokens != 256
+        assert cfgs["unfiltered"].filters.evidence.min_distance_tokens == 0  # the filter is off
+        # the paired design: verified and unfiltered differ only in those two filters (and name),
+        # so unfiltered's build answers every generation from verified's copied cache
+        strip = {"name": None, "filters": None}
+        assert raw["verified"] | strip == raw["unfiltered"] | strip
+        assert {k: v for k, v in raw["verified"]["filters"].items() if k not in ("evidence", "verify")} \
+            == raw["unfiltered"]["filters"]
         assert [t.kind for t in cfgs["short"].tasks] == ["short_qa"]
         for c in cfgs.values():
             assert c.filters.decontaminate.files == [str(qa)] and c.filters.decontaminate.fields == ["context"]
@@ -86,10 +97,18 @@ def test_report_intervals_and_paired_differences(arms, tmp_path):
     assert "| niah | accuracy | +0.500 [+0.500, +0.500]* | +0.000 [+0.000, +0.000] |" in text
     assert res["metrics"]["user_qa/parts"]["verified"] == [0.5, 0.5, 0.5]
     assert "| distance 1K-2K | 1 | 0.000 [0.000, 0.000] | 0.500 [0.500, 0.500] | 0.500 [0.500, 0.500] |" in text
+    assert "| niah | accuracy | 10 / 0, p=0.00195 | 0 / 0, p=1 |" in text  # verified vs base, short vs base
+    assert res["sign_tests"]["niah/accuracy"]["verified-short"] == [10, 0, 2 / 2 ** 10]
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["niah.png", "user_qa.png"]
 
 
-def test_bootstrap_interval_contains_the_mean(arms):
-    m, lo, hi = arms.bootstrap([0.0] * 30 + [1.0] * 20)
-    assert m == 0.4 and lo < 0.4 < hi and 0.2 < lo and hi < 0.6
+def test_bootstrap_and_sign_test_golden_values(arms):
+    # 2,000 seeded resamples, the 2.5th and 97.5th percentiles (binomial 0.4, n=50: sd 0.069)
+    assert arms.bootstrap([0.0] * 30 + [1.0] * 20) == (0.4, 0.26, 0.54)
+    assert arms.bootstrap([1.0] * 7) == (1.0, 1.0, 1.0)
     assert arms.fmt(arms.bootstrap([])) == "n/a"
+    # 5 items better, none worse: two-sided p = 2 / 2^5; ties are left out
+    assert arms.sign_test({str(i): 1.0 for i in range(8)}, {str(i): 0.0 if i < 5 else 1.0 for i in range(8)}) \
+        == (5, 0, 0.0625)
+    assert arms.sign_test({"a": 1, "b": 0, "c": 0.5}, {"a": 0, "b": 1, "c": 1}) == (1, 2, 1.0)
+    assert arms.sign_test({"a": 1}, {"a": 1}) == (0, 0, 1.0)

@@ -105,6 +105,18 @@ def test_decontamination_with_a_user_file(tok, tmp_path):
     assert [x.id for x in kept.run([s])] == [s.id]
     dropped, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)])))
     assert list(dropped.run([s])) == []
+    # a held-out context under a nested `context` key is found, in JSONL and in Parquet
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    qa.write_text(json.dumps({"question": "Which?", "meta": {"context": line}}) + "\n")
+    nested, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)], fields=["context"])))
+    assert list(nested.run([s])) == []
+    for ctx, kept_ids in ((line, []), ("An unrelated held-out text.", [s.id])):
+        pq.write_table(pa.Table.from_pylist([{"question": line, "context": ctx}]), tmp_path / "qa.parquet")
+        f, _ = bound(DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(tmp_path / "qa.parquet")],
+                                                  fields=["context"])))
+        assert [x.id for x in f.run([s])] == kept_ids
     with pytest.raises(ValueError, match=r"qa.jsonl has no string under the keys \['passage'\]"):
         DecontamStage(DecontamFilter(enabled=True, sources=[], files=[str(qa)], fields=["passage"]))
     bad = tmp_path / "bad.jsonl"

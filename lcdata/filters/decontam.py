@@ -72,11 +72,18 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
         p = Path(f)
         if not p.is_file():
             raise FileNotFoundError(f"filters.decontaminate.files: {p} not found; fix the path or remove it")
-        if p.suffix not in (".json", ".jsonl"):
+        if p.suffix not in (".json", ".jsonl", ".parquet"):
             yield p.read_text(errors="replace")
             continue
         found = 0
-        if p.suffix == ".jsonl":
+        if p.suffix == ".parquet":  # a `lcdata eval --qa` file may be Parquet: its rows like JSON objects
+            import pyarrow.parquet as pq
+
+            for row in pq.read_table(p).to_pylist():
+                for t in _strings(row, fields, not fields):
+                    found += 1
+                    yield t
+        elif p.suffix == ".jsonl":
             for i, line in enumerate(p.read_text().splitlines()):
                 if line.strip():
                     try:
@@ -115,8 +122,7 @@ class EvalIndex:
 
     @classmethod
     def build(cls, cfg: DecontamFilter) -> EvalIndex:
-        key = hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, sorted(cfg.fields), [
-            (f, os.path.getmtime(f), os.path.getsize(f)) for f in cfg.files if Path(f).is_file()]]).encode()).hexdigest()[:16]
+        key = index_key(cfg)
         cache = Path(os.environ.get("LCDATA_CACHE", Path.home() / ".cache" / "lcdata")) / "decontam" / f"{key}.npz"
         if cache.is_file():
             with np.load(cache) as z:
@@ -152,12 +158,19 @@ class EvalIndex:
         return n
 
 
+def index_key(cfg: DecontamFilter) -> str:
+    """What the index is made of: the settings and each user file's path, mtime and size (an
+    edited file is a new index, in the disk cache and in the process)."""
+    files = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in cfg.files if Path(f).is_file()]
+    return hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, sorted(cfg.fields), files]).encode()).hexdigest()[:16]
+
+
 _INDEXES: dict[str, EvalIndex] = {}
 
 
 def eval_index(cfg: DecontamFilter) -> EvalIndex:
-    """One index per process and config (building it reads ~100 MB of JSON once)."""
-    key = cfg.model_dump_json()
+    """One index per process and content (building it reads ~100 MB of JSON once)."""
+    key = index_key(cfg)
     with INIT_LOCK:  # two build threads must not both build (and write) it
         if key not in _INDEXES:
             _INDEXES[key] = EvalIndex.build(cfg)
