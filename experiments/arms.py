@@ -273,29 +273,25 @@ def report(out: Path, arms: dict[str, list[str]]) -> str:
     pairs = [("verified", "base"), ("unfiltered", "base"), ("short", "base"), ("verified", "unfiltered"),
              ("verified", "short"), ("unfiltered", "short")]
     pairs = [p for p in pairs if p[0] in data and p[1] in data]
-    lines += ["", "Paired differences (same items; bootstrap 95 % interval; * = excludes 0):", "",
-              "| suite | metric | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |",
-              "|---|---|" + "---|" * len(pairs)]
-    res["differences"] = {}
+    res["differences"], res["sign_tests"] = {}, {}
+    diffs, signs = [], []
     for k in keys:
-        cells = []
+        dc, sc = [], []
         for a, b in pairs:
             t = paired(data[a].get(k, {}), data[b].get(k, {}))
             res["differences"].setdefault("/".join(k), {})[f"{a}-{b}"] = list(t)
             star = "*" if not math.isnan(t[0]) and (t[1] > 0 or t[2] < 0) else ""
-            cells.append(f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]{star}" if not math.isnan(t[0]) else "n/a")
-        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
-    lines += ["", "Items better / worse and the exact two-sided sign test p (ties left out):", "",
-              "| suite | metric | " + " | ".join(f"{a} vs {b}" for a, b in pairs) + " |",
-              "|---|---|" + "---|" * len(pairs)]
-    res["sign_tests"] = {}
-    for k in keys:
-        cells = []
-        for a, b in pairs:
+            dc.append(f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]{star}" if not math.isnan(t[0]) else "n/a")
             bt, wt, pv = sign_test(data[a].get(k, {}), data[b].get(k, {}))
             res["sign_tests"].setdefault("/".join(k), {})[f"{a}-{b}"] = [bt, wt, pv]
-            cells.append(f"{bt} / {wt}, p={pv:.3g}")
-        lines.append(f"| {k[0]} | {k[1]} | " + " | ".join(cells) + " |")
+            sc.append(f"{bt} / {wt}, p={pv:.3g}")
+        diffs.append(f"| {k[0]} | {k[1]} | " + " | ".join(dc) + " |")
+        signs.append(f"| {k[0]} | {k[1]} | " + " | ".join(sc) + " |")
+    head = "|---|---|" + "---|" * len(pairs)
+    lines += ["", "Paired differences (same items; bootstrap 95 % interval; * = excludes 0):", "",
+              "| suite | metric | " + " | ".join(f"{a} - {b}" for a, b in pairs) + " |", head, *diffs,
+              "", "Items better / worse and the exact two-sided sign test p (ties left out):", "",
+              "| suite | metric | " + " | ".join(f"{a} vs {b}" for a, b in pairs) + " |", head, *signs]
     lines += ["", *heldout_breakdown(out, data)]
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     plot(out, data, arms)

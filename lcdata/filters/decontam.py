@@ -61,6 +61,24 @@ def _strings(obj: Any, fields: frozenset[str] = frozenset(), inside: bool = True
             yield from _strings(v, fields, inside)
 
 
+def _records(p: Path) -> Iterator[Any]:
+    """The JSON objects of a .json file (one), a .jsonl file (one per line) or a .parquet file
+    (its rows; a `lcdata eval --qa` file may be Parquet)."""
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        yield from pq.read_table(p).to_pylist()
+    elif p.suffix == ".jsonl":
+        for i, line in enumerate(p.read_text().splitlines()):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{p}:{i + 1}: not JSON ({e}); fix the line or use a .txt file") from None
+    else:
+        yield json.loads(p.read_text())
+
+
 def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
     d = eval_data_dir()
     names = {"hotpotqa": "hotpotqa.json", "squad": "squad.json", "paul_graham": "PaulGrahamEssays.json"}
@@ -76,25 +94,8 @@ def eval_texts(cfg: DecontamFilter) -> Iterator[str]:
             yield p.read_text(errors="replace")
             continue
         found = 0
-        if p.suffix == ".parquet":  # a `lcdata eval --qa` file may be Parquet: its rows like JSON objects
-            import pyarrow.parquet as pq
-
-            for row in pq.read_table(p).to_pylist():
-                for t in _strings(row, fields, not fields):
-                    found += 1
-                    yield t
-        elif p.suffix == ".jsonl":
-            for i, line in enumerate(p.read_text().splitlines()):
-                if line.strip():
-                    try:
-                        obj = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{p}:{i + 1}: not JSON ({e}); fix the line or use a .txt file") from None
-                    for t in _strings(obj, fields, not fields):
-                        found += 1
-                        yield t
-        else:
-            for t in _strings(json.loads(p.read_text()), fields, not fields):
+        for obj in _records(p):
+            for t in _strings(obj, fields, not fields):
                 found += 1
                 yield t
         if fields and not found:
@@ -161,7 +162,7 @@ class EvalIndex:
 def index_key(cfg: DecontamFilter) -> str:
     """What the index is made of: the settings and each user file's path, mtime and size (an
     edited file is a new index, in the disk cache and in the process)."""
-    files = [(f, os.stat(f).st_mtime_ns, os.stat(f).st_size) for f in cfg.files if Path(f).is_file()]
+    files = [(f, st.st_mtime_ns, st.st_size) for f in cfg.files if Path(f).is_file() for st in [os.stat(f)]]
     return hashlib.sha256(json.dumps([INDEX_VERSION, cfg.ngram, cfg.sources, sorted(cfg.fields), files]).encode()).hexdigest()[:16]
 
 
